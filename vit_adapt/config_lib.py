@@ -1,0 +1,108 @@
+"""The common experiment config and the `get_config(arg)` argument syntax shared by every file in `configs/`.
+
+A config file calls `config_lib.make_config(method, arg, ...)` and then sets its recipe. `arg` is what follows
+the colon in `--config=configs/x.py:ARG`: comma-separated `key=value` pairs and bare switches, e.g.
+`task=vtab/dtd,seed=1` or `demo`. Unknown keys are errors naming the key.
+
+Fields (every field is read somewhere; `validate` rejects unknown ones):
+
+  seed                      PRNG seed of parameters, dropout and data order
+  model.variant             'B/16', 'Ti/16', ... (big_vision names); model.depth/width/mlp_dim/num_heads override
+  model.init                backbone checkpoint (Google .npz, timm .safetensors/.pth, or a vit_adapt directory)
+  model.image_size          input resolution; position embeddings are resampled on load when it differs
+  model.dtype               compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+  model.pool, dropout, drop_path, head_init_std
+  dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...) or 'demo/digits'
+  dataset.source            'tfds' | 'folder' | 'demo'
+  dataset.data_dir          tfds data dir ('' = tfds default);  dataset.root: folder-layout root
+  dataset.split / eval_split  'train800val200' + 'test' (default) or 'train800' + 'val200'
+  dataset.num_classes       from the task table unless set
+  dataset.normalization     'minus_one_one' (Google checkpoints) or 'imagenet'
+  dataset.augment, mixup, cutmix, label_smoothing
+  train.batch_size, epochs, warmup_epochs, steps (0 = from epochs), log/eval/checkpoint intervals
+  optim.lr, min_lr, wd, b1, b2, eps, grad_clip, policies
+  eval.batch_size;  efficiency.batch_size, efficiency.enabled
+  method.name + the method's own fields (defaults from the method registry)
+"""
+
+from __future__ import annotations
+
+import ast
+
+import ml_collections
+
+from vit_adapt.errors import UserError
+
+_SWITCHES = ("demo",)
+
+
+def parse_arg(arg: str | None, allowed: dict) -> dict:
+  """'task=vtab/dtd,demo' -> {'task': 'vtab/dtd', 'demo': True}; keys must be in `allowed` (name -> default)."""
+  out = dict(allowed)
+  for part in filter(None, (p.strip() for p in (arg or "").split(","))):
+    key, sep, value = part.partition("=")
+    key = key.strip()
+    if key not in allowed:
+      raise UserError(f"unknown config argument {key!r} in {arg!r}. Allowed: {', '.join(sorted(allowed))} "
+                      "(e.g. --config=configs/dyt_vtab.py:task=vtab/dtd,demo).")
+    if not sep:
+      out[key] = True
+      continue
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_collections.ConfigDict, dict]:
+  """The common config for `method` with the VTAB-1k protocol defaults; returns (config, parsed arg).
+
+  Accepted arguments: task, seed, demo, plus `extra_args` (name -> default) that the config file reads itself.
+  """
+  from vit_adapt import methods
+  from vit_adapt.data import tasks
+
+  args = parse_arg(arg, {"task": "vtab/cifar100", "seed": 0, "demo": False, **extra_args})
+  c = ml_collections.ConfigDict()
+  c.seed = int(args["seed"])
+
+  c.model = ml_collections.ConfigDict(dict(
+      variant="B/16", init="", image_size=224, dtype="float32", pool="tok", dropout=0.0, drop_path=0.0,
+      head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0))
+
+  c.dataset = ml_collections.ConfigDict(dict(
+      name=args["task"], source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
+      num_classes=-1, normalization="minus_one_one", augment="none", mixup=0.0, cutmix=0.0,
+      label_smoothing=0.0, num_threads=8, prefetch=4))
+
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=64, epochs=100, warmup_epochs=10, steps=0, log_every_steps=20, eval_every_epochs=0,
+      checkpoint_every_steps=500, keep_checkpoints=2, keep_last_partial=False))
+
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-3, min_lr=1e-5, wd=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0,
+      # Per-parameter policies: tuples (regex, 'frozen' | 'lr=<mult>' | 'wd=<mult>'), first match wins.
+      policies=()))
+
+  c.eval = ml_collections.ConfigDict(dict(batch_size=256))
+  c.efficiency = ml_collections.ConfigDict(dict(enabled=True, batch_size=64, repeats=5))
+
+  c.method = methods.get(method).defaults()
+  c.method.name = method
+
+  if args["demo"]:
+    apply_demo(c)
+  c.dataset.num_classes = tasks.get_task(c.dataset.name).num_classes
+  return c, args
+
+
+def apply_demo(c: ml_collections.ConfigDict) -> None:
+  """The embedded-dataset demo: a small ViT from scratch on scikit-learn's digits, minutes on 2 CPU cores."""
+  c.model.update(variant="Ti/4", image_size=32, depth=4, init="")
+  c.dataset.update(name="demo/digits", source="demo", split="train", eval_split="test")
+  c.train.update(batch_size=64, epochs=30, warmup_epochs=3, log_every_steps=50, eval_every_epochs=10,
+                 checkpoint_every_steps=200)
+  c.optim.update(lr=1e-3, min_lr=1e-5, wd=1e-4)
+  c.eval.batch_size = 256
+  c.efficiency.batch_size = 64

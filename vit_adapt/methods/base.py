@@ -1,0 +1,117 @@
+"""The method interface and the registry (string name -> Method).
+
+A method is a model class (a `VisionTransformer` subclass returning `(logits, out)`), the regexes that select
+its trainable parameters, its config fields with defaults, and optionally its own loss terms. The trainer,
+`convert`, `predict` and the efficiency report only talk to this interface.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_adapt.errors import UserError
+
+
+@dataclasses.dataclass
+class LossInputs:
+  """What a method's loss sees for one batch.
+
+  `forward(**kwargs)` re-runs the model on the same images with the same parameters (DyT's complete-model pass
+  uses it); `labels` are soft targets (B, C) (one-hot, smoothed or mixed).
+  """
+  logits: jax.Array
+  out: dict
+  labels: jax.Array
+  forward: Callable[..., tuple[jax.Array, dict]]
+  config: ml_collections.ConfigDict  # config.method
+  train: bool
+
+
+def cross_entropy(logits, labels):
+  """Mean softmax cross-entropy with soft targets."""
+  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), labels))
+
+
+def classification_loss(inp: LossInputs):
+  ce = cross_entropy(inp.logits, inp.labels)
+  return ce, {"ce": ce}
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  model_cls: type
+  # Regexes over '/'-joined parameter paths; a parameter trains if any matches (re.search).
+  trainable: Sequence[str]
+  # Returns the method's config fields with their defaults (the block under `config.method`).
+  defaults: Callable[[], ml_collections.ConfigDict]
+  # (config.method, backbone kwargs) -> extra keyword arguments of `model_cls` (beyond the backbone's).
+  model_kwargs: Callable[[ml_collections.ConfigDict, dict], dict] = lambda c, backbone: {}
+  loss: Callable[[LossInputs], tuple[jax.Array, dict]] = classification_loss
+  # Optional hook run once on freshly initialised+loaded params: (params, config) -> params.
+  post_load: Callable[[dict, ml_collections.ConfigDict], dict] | None = None
+  # Extra RNG streams the model draws from in training (e.g. 'gumbel'); 'dropout' is always provided.
+  rng_streams: Sequence[str] = ()
+  doc: str = ""
+
+
+_REGISTRY: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+  if method.name in _REGISTRY:
+    raise ValueError(f"method {method.name!r} registered twice")
+  _REGISTRY[method.name] = method
+  return method
+
+
+def get(name: str) -> Method:
+  from vit_adapt import methods as _  # noqa: F401  (imports every method module so they register)
+  if name not in _REGISTRY:
+    raise UserError(f"config.method.name={name!r} is not a method. Known methods: {', '.join(sorted(_REGISTRY))}.")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  from vit_adapt import methods as _  # noqa: F401
+  return sorted(_REGISTRY)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Trainable / frozen split. Gradients are taken with respect to the trainable tree only, so no gradient is
+# ever computed for a frozen weight (masking a full-tree gradient would still compute all of them).
+
+def flatten(tree) -> dict[str, Any]:
+  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+def trainable_predicate(patterns: Sequence[str]) -> Callable[[str], bool]:
+  compiled = [re.compile(p) for p in patterns]
+  return lambda path: any(c.search(path) for c in compiled)
+
+
+def split_params(params, patterns: Sequence[str]):
+  """-> (trainable, frozen), two nested dicts that partition `params` by the regexes."""
+  is_trainable = trainable_predicate(patterns)
+  flat = flatten(params)
+  train = {k: v for k, v in flat.items() if is_trainable(k)}
+  frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
+  return unflatten(train), unflatten(frozen)
+
+
+def merge_params(trainable, frozen):
+  flat = flatten(frozen)
+  flat.update(flatten(trainable))
+  return unflatten(flat)

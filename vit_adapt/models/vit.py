@@ -1,0 +1,353 @@
+"""The ViT backbone (Linen) shared by every method.
+
+Parameter names are those of the Google ViT checkpoints after `convert_pre_linen`, so one loader serves every
+method:
+
+  cls                                        (1, 1, D)
+  embedding/{kernel,bias}                    (P, P, 3, D) HWIO conv stem
+  Transformer/posembed_input/pos_embedding   (1, 1 + g*g, D), class slot first
+  Transformer/encoderblock_{i}/LayerNorm_0                        before attention
+  Transformer/encoderblock_{i}/MultiHeadDotProductAttention_0/{query,key,value,out}
+  Transformer/encoderblock_{i}/LayerNorm_1                        before the MLP
+  Transformer/encoderblock_{i}/MlpBlock_0/{Dense_0,Dense_1}
+  Transformer/encoder_norm
+  head/{kernel,bias}
+
+How methods hook in (without copying the backbone): every module here is written with `setup()` and exposes its
+pieces as methods. A method subclasses `Encoder1DBlock` (adds its own sub-modules in `setup`, rewrites
+`__call__` from `attention_branch` / `mlp_branch` / the attention's `qkv` / `attend` / `project_out`) and
+subclasses `Encoder` to change what happens between blocks (token selection, exits, a query stream). The frozen
+sub-modules keep their names because they are created by the shared `setup`; a method's own parameters live in
+their own sub-trees (`adapter`, `router`, `lora`, `exit_k`, ...).
+
+Every model returns `(logits, out)`: `out` is a dict of named intermediates (`block_{i}` outputs, `pre_logits`,
+and whatever a method adds: router masks, exit logits, kept indices).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_adapt.errors import UserError
+
+Dtype = Any
+
+# big_vision's naming: variant "B/16" = width of B, patch 16.
+_WIDTH = {"mu": 32, "Ti": 192, "S": 384, "M": 512, "B": 768, "L": 1024, "H": 1280, "g": 1408, "G": 1664}
+_DEPTH = {"mu": 1, "Ti": 12, "S": 12, "M": 12, "B": 12, "L": 24, "H": 32, "g": 40, "G": 48}
+_MLP = {"mu": 128, "Ti": 768, "S": 1536, "M": 2048, "B": 3072, "L": 4096, "H": 5120, "g": 6144, "G": 8192}
+_HEADS = {"mu": 2, "Ti": 3, "S": 6, "M": 8, "B": 12, "L": 16, "H": 16, "g": 16, "G": 16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTShape:
+  """Architecture hyper-parameters of a backbone, decoded from a variant name."""
+  width: int
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  patch_size: int
+
+  @property
+  def head_dim(self) -> int:
+    return self.width // self.num_heads
+
+
+def decode_variant(variant: str, **overrides) -> ViTShape:
+  """`'B/16'` -> ViTShape(768, 12, 3072, 12, 16); `overrides` with value 0/None are ignored."""
+  m = re.fullmatch(r"([A-Za-z]+)/(\d+)", variant or "")
+  if not m or m.group(1) not in _WIDTH:
+    raise UserError(
+        f"config.model.variant={variant!r} is not a ViT variant. Use NAME/PATCH with NAME one of "
+        f"{sorted(_WIDTH)} (e.g. 'B/16', 'Ti/16', 'L/14').")
+  v = m.group(1)
+  kw = dict(width=_WIDTH[v], depth=_DEPTH[v], mlp_dim=_MLP[v], num_heads=_HEADS[v], patch_size=int(m.group(2)))
+  kw.update({k: int(x) for k, x in overrides.items() if x})
+  if kw["width"] % kw["num_heads"]:
+    raise UserError(f"width {kw['width']} is not divisible by num_heads {kw['num_heads']} (config.model).")
+  return ViTShape(**kw)
+
+
+def gelu(x):
+  # The checkpoints were trained with the exact (erf) GELU; Flax's default tanh approximation breaks parity.
+  return nn.gelu(x, approximate=False)
+
+
+def drop_path(x, rate: float, deterministic: bool, rng_module: nn.Module):
+  """Stochastic depth on a residual branch (per example)."""
+  if deterministic or rate <= 0.0:
+    return x
+  keep = 1.0 - rate
+  rng = rng_module.make_rng("dropout")
+  mask = jax.random.bernoulli(rng, keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+  return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Transformer MLP: Dense_0 -> exact GELU -> Dense_1."""
+  mlp_dim: int
+  out_dim: int
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.Dense_0 = nn.Dense(self.mlp_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                            bias_init=nn.initializers.normal(stddev=1e-6))
+    self.Dense_1 = nn.Dense(self.out_dim, dtype=self.dtype, kernel_init=nn.initializers.xavier_uniform(),
+                            bias_init=nn.initializers.normal(stddev=1e-6))
+    self.drop = nn.Dropout(self.dropout)
+
+  def hidden(self, x):
+    """First layer + GELU (the part methods may want to modulate)."""
+    return gelu(self.Dense_0(x))
+
+  def __call__(self, x, deterministic: bool = True):
+    h = self.drop(self.hidden(x), deterministic=deterministic)
+    return self.drop(self.Dense_1(h), deterministic=deterministic)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention in the Google checkpoint layout (query/key/value kernels (D, H, dh)).
+
+  Split into `qkv`, `attend` and `project_out` so methods can add LoRA deltas to the projections, read the
+  attention probabilities (Sparse-Tuning), read keys/values (SynQT) or run queries against given keys/values.
+  """
+  num_heads: int
+  width: int
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    dh = self.width // self.num_heads
+    dense = lambda: nn.DenseGeneral((self.num_heads, dh), dtype=self.dtype,
+                                    kernel_init=nn.initializers.xavier_uniform())
+    self.query, self.key, self.value = dense(), dense(), dense()
+    self.out = nn.DenseGeneral(self.width, axis=(-2, -1), dtype=self.dtype,
+                               kernel_init=nn.initializers.xavier_uniform())
+
+  def qkv(self, x):
+    """(B, N, D) -> q, k, v each (B, N, H, dh)."""
+    return self.query(x), self.key(x), self.value(x)
+
+  def attend(self, q, k, v, mask=None):
+    """Scaled dot-product attention. Returns (out (B, Nq, H, dh), probs (B, H, Nq, Nk)).
+
+    `mask` (broadcastable to (B, H, Nq, Nk), True = may attend) lets methods hide keys (VPT deep, MET).
+    """
+    depth = q.shape[-1]
+    q = q / jnp.sqrt(depth).astype(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v), probs
+
+  def project_out(self, o):
+    return self.out(o)
+
+  def __call__(self, x, mask=None, return_probs: bool = False):
+    q, k, v = self.qkv(x)
+    o, probs = self.attend(q, k, v, mask)
+    y = self.project_out(o)
+    return (y, probs) if return_probs else y
+
+  def query_only(self, xq, k, v):
+    """Queries `xq` (B, T, D) attend to given keys/values of other tokens; nothing flows back to those tokens."""
+    o, _ = self.attend(self.query(xq), k, v)
+    return self.project_out(o)
+
+
+class Encoder1DBlock(nn.Module):
+  """Pre-LN transformer block: x + Attn(LN0(x)), then x + MLP(LN1(x)).
+
+  Subclasses add parameters in `setup` (after `super().setup()`) and rewrite `__call__`; the frozen
+  sub-modules below keep their checkpoint names.
+  """
+  mlp_dim: int
+  num_heads: int
+  width: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.LayerNorm_0 = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+    self.MultiHeadDotProductAttention_0 = Attention(self.num_heads, self.width, dtype=self.dtype)
+    self.LayerNorm_1 = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+    self.MlpBlock_0 = MlpBlock(self.mlp_dim, self.width, dropout=self.dropout, dtype=self.dtype)
+    self.attn_drop = nn.Dropout(self.dropout)
+
+  @property
+  def attn(self) -> Attention:
+    return self.MultiHeadDotProductAttention_0
+
+  def attention_branch(self, x, deterministic: bool = True, mask=None, return_probs: bool = False):
+    """Attn(LN0(x)) (with dropout), optionally with the attention probabilities."""
+    y, probs = self.attn(self.LayerNorm_0(x), mask=mask, return_probs=True)
+    y = self.attn_drop(y, deterministic=deterministic)
+    return (y, probs) if return_probs else y
+
+  def mlp_branch(self, x, deterministic: bool = True):
+    """MLP(LN1(x))."""
+    return self.MlpBlock_0(self.LayerNorm_1(x), deterministic=deterministic)
+
+  def residual(self, x, branch, deterministic: bool):
+    return x + drop_path(branch, self.drop_path, deterministic, self)
+
+  def __call__(self, x, deterministic: bool = True):
+    x = self.residual(x, self.attention_branch(x, deterministic), deterministic)
+    return self.residual(x, self.mlp_branch(x, deterministic), deterministic)
+
+
+class Encoder(nn.Module):
+  """Position embedding, the stack of blocks and the final LayerNorm.
+
+  `block_cls` (with `block_kwargs`) is the method's block class; subclasses override `__call__` to change what
+  happens between blocks, reusing `add_posemb`, `blocks` and `encoder_norm`.
+  """
+  depth: int
+  mlp_dim: int
+  num_heads: int
+  width: int
+  num_tokens: int  # 1 + g*g: the class slot is part of the position embedding (original Google layout)
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Dtype = jnp.float32
+  block_cls: Callable[..., nn.Module] = Encoder1DBlock
+  block_kwargs: Any = None  # a tuple of (name, value) pairs (hashable) passed to every block
+
+  def setup(self):
+    self.posembed_input = PositionEmbedding(self.num_tokens, self.width)
+    kwargs = dict(self.block_kwargs or ())
+    blocks = []
+    for i in range(self.depth):
+      # Stochastic depth grows linearly with depth, as in timm/big_vision.
+      dp = self.drop_path * i / max(self.depth - 1, 1)
+      blk = self.block_cls(mlp_dim=self.mlp_dim, num_heads=self.num_heads, width=self.width,
+                           dropout=self.dropout, drop_path=dp, dtype=self.dtype, **kwargs)
+      setattr(self, f"encoderblock_{i}", blk)  # attribute name = parameter name
+      blocks.append(blk)
+    self.blocks = blocks
+    self.encoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+
+  def add_posemb(self, x):
+    return self.posembed_input(x)
+
+  def __call__(self, x, train: bool = False):
+    out = {}
+    x = self.add_posemb(x)
+    for i, blk in enumerate(self.blocks):
+      x = blk(x, deterministic=not train)
+      out[f"block_{i}"] = x
+    return self.encoder_norm(x), out
+
+
+class PositionEmbedding(nn.Module):
+  """Learned position embedding (1, num_tokens, D) including the class slot."""
+  num_tokens: int
+  width: int
+
+  @nn.compact
+  def __call__(self, x):
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1, self.num_tokens, self.width))
+    if x.shape[1] != self.num_tokens:
+      raise ValueError(f"position embedding has {self.num_tokens} tokens, input has {x.shape[1]}")
+    return x + pe.astype(x.dtype)
+
+
+class VisionTransformer(nn.Module):
+  """ViT classifier returning `(logits, out)`.
+
+  Method models subclass this, set `encoder_cls`/`block_cls` and override `encode` or `classify`.
+  """
+  num_classes: int
+  width: int = 768
+  depth: int = 12
+  mlp_dim: int = 3072
+  num_heads: int = 12
+  patch_size: int = 16
+  image_size: int = 224
+  pool: str = "tok"  # 'tok' (class token) or 'gap' (mean of patch tokens)
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  head_init_std: float = 0.0  # 0 -> zero head (big_vision fine-tuning default); >0 -> truncated normal
+  dtype: Dtype = jnp.float32
+  encoder_cls: Callable[..., nn.Module] = Encoder
+  block_cls: Callable[..., nn.Module] = Encoder1DBlock
+  block_kwargs: Any = None
+  encoder_kwargs: Any = None
+
+  @property
+  def grid(self) -> int:
+    return self.image_size // self.patch_size
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid * self.grid
+
+  def setup(self):
+    self.embedding = nn.Conv(self.width, (self.patch_size,) * 2, strides=(self.patch_size,) * 2,
+                             padding="VALID", dtype=self.dtype)
+    self.cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width))
+    self.Transformer = self.encoder_cls(
+        depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, width=self.width,
+        num_tokens=1 + self.num_patches, dropout=self.dropout, drop_path=self.drop_path, dtype=self.dtype,
+        block_cls=self.block_cls, block_kwargs=self.block_kwargs, **dict(self.encoder_kwargs or ()))
+    self.make_head()
+
+  def make_head(self):
+    init = (nn.initializers.truncated_normal(self.head_init_std) if self.head_init_std > 0
+            else nn.initializers.zeros)
+    self.head = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype)
+
+  def embed(self, images):
+    """images (B, H, W, 3) -> tokens (B, 1 + g*g, D) with the class token first (no position embedding)."""
+    x = self.embedding(images.astype(self.dtype))
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+    cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, d))
+    return jnp.concatenate([cls, x], axis=1)
+
+  def encode(self, x, train: bool):
+    return self.Transformer(x, train=train)
+
+  def pool_tokens(self, x):
+    return x[:, 0] if self.pool == "tok" else jnp.mean(x[:, 1:], axis=1)
+
+  def classify(self, pre_logits, out, train: bool):
+    return self.head(pre_logits)
+
+  def __call__(self, images, train: bool = False):
+    x, out = self.encode(self.embed(images), train)
+    pre = self.pool_tokens(x)
+    out["pre_logits"] = pre
+    logits = self.classify(pre, out, train)
+    return logits.astype(jnp.float32), out
+
+
+def backbone_kwargs(model_config, num_classes: int) -> dict:
+  """Keyword arguments of `VisionTransformer` from `config.model` (shared by every method)."""
+  shape = decode_variant(model_config.variant, width=model_config.get("width", 0),
+                         depth=model_config.get("depth", 0), mlp_dim=model_config.get("mlp_dim", 0),
+                         num_heads=model_config.get("num_heads", 0))
+  if model_config.image_size % shape.patch_size:
+    raise UserError(f"config.model.image_size={model_config.image_size} is not a multiple of the patch size "
+                    f"{shape.patch_size} of variant {model_config.variant!r}.")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.get("dtype", "float32"))
+  if dtype is None:
+    raise UserError(f"config.model.dtype={model_config.dtype!r}: use 'float32' or 'bfloat16'.")
+  return dict(num_classes=num_classes, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim,
+              num_heads=shape.num_heads, patch_size=shape.patch_size, image_size=model_config.image_size,
+              pool=model_config.get("pool", "tok"), dropout=model_config.get("dropout", 0.0),
+              drop_path=model_config.get("drop_path", 0.0), head_init_std=model_config.get("head_init_std", 0.0),
+              dtype=dtype)
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(tree)))
