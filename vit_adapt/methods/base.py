@@ -60,6 +60,10 @@ class Method:
   post_load: Callable[[dict, ml_collections.ConfigDict], dict] | None = None
   # Extra RNG streams the model draws from in training (e.g. 'gumbel'); 'dropout' is always provided.
   rng_streams: Sequence[str] = ()
+  # Optional per-example evaluation statistics from the inference pass: (logits, out) -> {name: (B,) array}.
+  # The trainer averages them over the valid (unpadded) evaluation examples and reports them in results.json,
+  # e.g. DyT's 'activation_rate', or 'gmacs' for methods whose compute depends on the input.
+  eval_stats: Callable[[jax.Array, dict], dict[str, jax.Array]] | None = None
   doc: str = ""
 
 
