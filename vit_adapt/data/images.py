@@ -1,0 +1,43 @@
+"""Image decoding, resizing and normalisation shared by the data pipelines and `predict`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+# Pixel normalisations by config name (`config.dataset.normalization`). The Google ViT checkpoints were
+# pre-trained on [-1, 1]; several PyTorch codes use the ImageNet statistics instead.
+_IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255.0
+_IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255.0
+NORMALIZATIONS = {
+    "minus_one_one": lambda x: x / 127.5 - 1.0,
+    "imagenet": lambda x: (x - _IMAGENET_MEAN) / _IMAGENET_STD,
+}
+
+
+def normalize(images_uint8: np.ndarray, mode: str = "minus_one_one") -> np.ndarray:
+  """uint8 (..., 3) -> float32 normalised pixels."""
+  return NORMALIZATIONS[mode](np.asarray(images_uint8, np.float32)).astype(np.float32)
+
+
+def to_rgb_array(img: Image.Image) -> np.ndarray:
+  return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Bicubic resize of a uint8 HWC image to (size, size) (aspect ratio not kept, as in the VTAB protocol)."""
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  if image.shape[:2] == (size, size):
+    return image
+  return to_rgb_array(Image.fromarray(image).resize((size, size), Image.BICUBIC))
+
+
+def decode(data: bytes | str) -> np.ndarray:
+  """Encoded bytes or a file path -> uint8 HWC RGB. Raises PIL/OSError on undecodable input."""
+  with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
+    return to_rgb_array(img)
