@@ -1,0 +1,220 @@
+"""Task registry: every dataset vit_adapt can train on, by name.
+
+Three kinds of task:
+  * `vtab/<task>`: the 19 VTAB-1k tasks. Split strings, label mappings and class counts follow
+    google-research/task_adaptation (see docs/data.md); `train800`, `val200`, `train800val200` and `test`.
+  * complete datasets (`cifar100`, `svhn`, `food101`, `oxford_flowers102`, `oxford_iiit_pet`, `dtd`,
+    `stanford_cars`, `fgvc_aircraft`): full training sets, splits `train` and `test`.
+  * `demo/digits`: scikit-learn's handwritten digits, embedded (no download), splits `train` and `test`.
+
+A task knows where its data lives for each source: a tfds name with version (None when tfds 4.9.10 has no builder,
+e.g. FGVC-Aircraft) and the folder name in the NOAH/VPT image-folder release. Label functions read the numpy
+example dict that `tfds.data_source` returns; they are plain Python so the same registry serves every source.
+This module imports neither TensorFlow nor tfds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from vit_adapt.errors import UserError
+
+Example = Mapping[str, Any]
+
+# The papers' split names. VTAB-1k tasks define the first four; complete datasets and the demo `train`/`test`.
+VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
+FULL_SPLITS = ("train", "test")
+
+# Channel fixes applied right after decoding (before resizing), by name.
+CHANNEL_FIXES = ("none", "tile", "binary_tile")
+
+
+def _read(key: str) -> Callable[[Example], int]:
+  def label_fn(ex: Example) -> int:
+    return int(ex[key])
+  label_fn.__name__ = f"read_{key}"
+  return label_fn
+
+
+def _bin(key: str, n_raw: int, n_bins: int) -> Callable[[Example], int]:
+  """floor(raw * n_bins / n_raw): dSprites x position (32 -> 16) and orientation (40 -> 16), as VTAB does."""
+  def label_fn(ex: Example) -> int:
+    return int(ex[key]) * n_bins // n_raw
+  label_fn.__name__ = f"bin_{key}_{n_raw}_to_{n_bins}"
+  return label_fn
+
+
+def _threshold_bin(value: float, thresholds: tuple[float, ...]) -> int:
+  """The largest i with thresholds[i] < value (VTAB's `reduce_max(where(thrs - value < 0))`); -1 if none."""
+  below = np.nonzero(np.asarray(thresholds) < value)[0]
+  return int(below[-1]) if below.size else -1
+
+
+def clevr_count(ex: Example) -> int:
+  """Number of objects - 3 (scenes hold 3..10 objects -> 0..7)."""
+  return len(ex["objects"]["pixel_coords"]) - 3
+
+
+_CLEVR_DIST_THRESHOLDS = (0.0, 8.0, 8.5, 9.0, 9.5, 10.0, 100.0)
+
+
+def clevr_distance(ex: Example) -> int:
+  """Depth bin of the closest object: min over objects of pixel_coords[:, 2]."""
+  coords = np.asarray(ex["objects"]["pixel_coords"], np.float32).reshape(-1, 3)
+  dist = coords[:, 2].min() if len(coords) else np.inf
+  return _threshold_bin(dist, _CLEVR_DIST_THRESHOLDS)
+
+
+_KITTI_DIST_THRESHOLDS = (-100.0, 8.0, 20.0, 999.0)
+
+
+def kitti_closest_vehicle(ex: Example) -> int:
+  """Distance bin of the closest Car/Van/Truck (object type < 3); 1000 m when there is none."""
+  types = np.asarray(ex["objects"]["type"]).reshape(-1)
+  location = np.asarray(ex["objects"]["location"], np.float32).reshape(-1, 3)
+  depths = location[types < 3, 2]
+  dist = depths.min() if depths.size else 1000.0
+  return _threshold_bin(dist, _KITTI_DIST_THRESHOLDS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One dataset + protocol. `splits` maps our split names to tfds split strings (None when not in tfds)."""
+
+  name: str
+  kind: str                                  # 'vtab' | 'complete' | 'demo'
+  num_classes: int
+  tfds_name: str | None                      # 'name[/config]:version', None if tfds has no builder
+  splits: tuple[tuple[str, str | None], ...]  # (split name, tfds split string)
+  label_fn: Callable[[Example], int] = _read("label")
+  channel_fix: str = "none"                  # one of CHANNEL_FIXES
+  folder: str | None = None                  # task folder in the NOAH/VPT (and SynQT) image-folder release
+  image_key: str = "image"
+  default_augment: str = "none"              # what the papers train with (config.dataset.augment)
+  note: str = ""                             # manual download / availability remarks shown by `prepare`
+
+  @property
+  def split_names(self) -> tuple[str, ...]:
+    return tuple(s for s, _ in self.splits)
+
+  def tfds_split(self, split: str) -> str:
+    """Our split name -> the tfds split string, e.g. 'val200' -> 'train[2754:2954]'."""
+    table = dict(self.splits)
+    if split not in table:
+      raise UserError(f"task {self.name!r} has no split {split!r}; valid splits: {', '.join(self.split_names)} "
+                      "(config.dataset.split / config.dataset.eval_split).")
+    if table[split] is None or self.tfds_name is None:
+      raise UserError(f"task {self.name!r} is not available in tensorflow_datasets 4.9.10; use the image-folder "
+                      "source (config.dataset.source='folder', config.dataset.root=...).")
+    return table[split]
+
+  def check_split(self, split: str) -> str:
+    if split not in self.split_names:
+      raise UserError(f"task {self.name!r} has no split {split!r}; valid splits: {', '.join(self.split_names)} "
+                      "(config.dataset.split / config.dataset.eval_split).")
+    return split
+
+
+def _vtab(task: str, tfds_name: str, *, val200: str, test: str, num_classes: int,
+          train: str = "train", folder: str | None = None, **kw) -> Task:
+  train800 = f"{train}[:800]"
+  splits = (("train800", train800), ("val200", val200), ("train800val200", f"{train800}+{val200}"),
+            ("test", test))
+  return Task(name=f"vtab/{task}", kind="vtab", num_classes=num_classes, tfds_name=tfds_name, splits=splits,
+              folder=folder or task, **kw)
+
+
+_MANUAL = ("needs a manual download: place the files in <data_dir>/downloads/manual/ before running "
+           "`python -m vit_adapt.data.prepare`")
+
+_VTAB = [
+    # Natural
+    _vtab("caltech101", "caltech101:3.*.*", val200="train[2754:2954]", test="test", num_classes=102),
+    _vtab("cifar100", "cifar100:3.*.*", val200="train[45000:45200]", test="test", num_classes=100,
+          folder="cifar"),
+    _vtab("dtd", "dtd:3.*.*", val200="validation[:200]", test="test", num_classes=47),
+    _vtab("oxford_flowers102", "oxford_flowers102:2.*.*", val200="validation[:200]", test="test",
+          num_classes=102),
+    # VTAB pins 3.*.*; tfds 4.9.10 only has 4.0.0 (same examples and sizes).
+    _vtab("oxford_iiit_pet", "oxford_iiit_pet:4.*.*", val200="train[2944:3144]", test="test", num_classes=37),
+    _vtab("svhn", "svhn_cropped:3.*.*", val200="train[65931:66131]", test="test", num_classes=10),
+    _vtab("sun397", "sun397/tfds:4.*.*", val200="validation[:200]", test="test", num_classes=397),
+    # Specialized
+    _vtab("patch_camelyon", "patch_camelyon:2.*.*", val200="validation[:200]", test="test", num_classes=2),
+    _vtab("eurosat", "eurosat/rgb:2.*.*", val200="train[16200:16400]", test="train[21600:]", num_classes=10),
+    _vtab("resisc45", "resisc45:3.*.*", val200="train[18900:19100]", test="train[25200:]", num_classes=45,
+          note="Resisc45 " + _MANUAL + ": NWPU-RESISC45.rar from "
+          "https://1drv.ms/u/s!AmgKYzARBl5ca3HNaHIlzp_IXjs (see the tfds resisc45 catalog page)."),
+    _vtab("diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300:3.*.*", val200="validation[:200]",
+          test="test", num_classes=5,
+          note="Diabetic Retinopathy " + _MANUAL + ": from https://www.kaggle.com/c/diabetic-retinopathy-detection/"
+          "data download train.zip.00{1..5}, test.zip.00{1..7}, sample.zip, trainLabels.csv.zip and the "
+          "retinopathy_solution.csv; unzip the archives so the manual dir holds train/, test/, sample/, "
+          "trainLabels.csv and retinopathy_solution.csv."),
+    # Structured
+    _vtab("clevr_count", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=8,
+          label_fn=clevr_count),
+    _vtab("clevr_dist", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=6,
+          label_fn=clevr_distance),
+    _vtab("dmlab", "dmlab:2.0.1", val200="validation[:200]", test="test", num_classes=6),
+    # VTAB pins 3.1.0; tfds 4.9.10 can only generate the default 3.3.0 (same splits and sizes).
+    _vtab("kitti", "kitti:3.3.0", val200="validation[:200]", test="test", num_classes=4,
+          label_fn=kitti_closest_vehicle),
+    _vtab("dsprites_loc", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
+          num_classes=16, label_fn=_bin("label_x_position", 32, 16), channel_fix="binary_tile"),
+    _vtab("dsprites_ori", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
+          num_classes=16, label_fn=_bin("label_orientation", 40, 16), channel_fix="binary_tile"),
+    _vtab("smallnorb_azi", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=18,
+          label_fn=_read("label_azimuth"), channel_fix="tile"),
+    _vtab("smallnorb_ele", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=9,
+          label_fn=_read("label_elevation"), channel_fix="tile"),
+]
+
+
+def _complete(name: str, tfds_name: str | None, num_classes: int, *, train: str | None = "train",
+              test: str | None = "test", **kw) -> Task:
+  return Task(name=name, kind="complete", num_classes=num_classes, tfds_name=tfds_name,
+              splits=(("train", train), ("test", test)), folder=name, default_augment="inception_crop", **kw)
+
+
+_COMPLETE = [
+    _complete("cifar100", "cifar100:3.*.*", 100),
+    _complete("svhn", "svhn_cropped:3.*.*", 10),
+    # tfds calls Food-101's official test set `validation`.
+    _complete("food101", "food101:2.*.*", 101, test="validation"),
+    # Flowers and DTD: train on the official train+val split, as the full-dataset protocols do.
+    _complete("oxford_flowers102", "oxford_flowers102:2.*.*", 102, train="train+validation"),
+    _complete("oxford_iiit_pet", "oxford_iiit_pet:4.*.*", 37),
+    _complete("dtd", "dtd:3.*.*", 47, train="train+validation"),
+    _complete("stanford_cars", "cars196:2.*.*", 196,
+              note="tfds `cars196`: its download URL (ai.stanford.edu) is offline; place the files in the manual "
+              "dir or use the image-folder source."),
+    # tensorflow_datasets 4.9.10 has no FGVC-Aircraft builder: image-folder source only (train.txt / test.txt).
+    _complete("fgvc_aircraft", None, 100, train=None, test=None,
+              note="not in tensorflow_datasets 4.9.10: use config.dataset.source='folder' with "
+              "<root>/fgvc_aircraft/{train,test}.txt (lines `relative/path label`, 100 variant classes)."),
+]
+
+_DEMO = [
+    Task(name="demo/digits", kind="demo", num_classes=10, tfds_name=None, splits=(("train", None), ("test", None)),
+         folder=None, note="scikit-learn's load_digits (1797 8x8 images), embedded; no download."),
+]
+
+_REGISTRY: dict[str, Task] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_DEMO)}
+
+VTAB_1K = tuple(t.name for t in _VTAB)
+
+
+def names() -> tuple[str, ...]:
+  return tuple(_REGISTRY)
+
+
+def get_task(name: str) -> Task:
+  try:
+    return _REGISTRY[name]
+  except KeyError:
+    raise UserError(f"unknown task {name!r} (config.dataset.name / task=...). Valid tasks: "
+                    f"{', '.join(_REGISTRY)}.") from None
