@@ -224,17 +224,20 @@ class Encoder(nn.Module):
 
   def setup(self):
     self.posembed_input = PositionEmbedding(self.num_tokens, self.width)
-    kwargs = dict(self.block_kwargs or ())
     blocks = []
     for i in range(self.depth):
       # Stochastic depth grows linearly with depth, as in timm/big_vision.
       dp = self.drop_path * i / max(self.depth - 1, 1)
       blk = self.block_cls(mlp_dim=self.mlp_dim, num_heads=self.num_heads, width=self.width,
-                           dropout=self.dropout, drop_path=dp, dtype=self.dtype, **kwargs)
+                           dropout=self.dropout, drop_path=dp, dtype=self.dtype, **self.block_kwargs_at(i))
       setattr(self, f"encoderblock_{i}", blk)  # attribute name = parameter name
       blocks.append(blk)
     self.blocks = blocks
     self.encoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
+
+  def block_kwargs_at(self, i: int) -> dict:
+    """Keyword arguments of block i beyond the shared ones; methods with per-block settings override it."""
+    return dict(self.block_kwargs or ())
 
   def add_posemb(self, x):
     return self.posembed_input(x)
