@@ -1,0 +1,16 @@
+"""Checkpoint formats: reading files safely, foreign layouts -> our names, merging, the model directory.
+
+  readers.py     file -> flat {name: array} (.npz, .safetensors, .pth/.bin), never unpickling
+  google.py      Google ViT .npz layouts (original/AugReg pre-Linen, big_vision native, scan-stacked)
+  timm_vit.py    timm / Hugging Face ViT names (`timm_to_params`, reused by the official-code importers)
+  posemb.py      position-embedding resampling
+  merge.py       merge into an initialised tree, one error listing every mismatch
+  load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`)
+  sources.py     the `convert --source=NAME` registry (`official_<method>.py` modules register themselves)
+  export.py      the vit_adapt model directory (`save_model_dir`, `load_model_dir`)
+"""
+
+from vit_adapt.checkpoints.load import load_backbone  # noqa: F401
+from vit_adapt.checkpoints.readers import read_tensors  # noqa: F401
+from vit_adapt.checkpoints.sources import get_source, register_source, source_names  # noqa: F401
+from vit_adapt.checkpoints.timm_vit import timm_to_params  # noqa: F401

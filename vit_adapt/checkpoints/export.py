@@ -1,0 +1,157 @@
+"""The vit_adapt model directory: a self-describing trained model that `predict` (and `model.init`) can load.
+
+  DIR/config.json    the resolved experiment config (`config.to_json_best_effort()`)
+  DIR/meta.json      format version, parameter scope, method, framework versions, parameter count
+  DIR/variables/     an orbax `StandardCheckpointer` tree of the model variables
+
+Scope 'full' stores every parameter. Scope 'trainable' stores only the trainable sub-tree (by the method's
+regexes) plus the non-parameter collections (e.g. batch statistics); the frozen rest is rebuilt on load by
+`init_variables(model, method, config)`, i.e. from `config.model.init` (the backbone checkpoint) or, for a
+backbone trained from a seeded random init, from `config.seed`. The trainer exports its adapter-only result
+this way into `WORKDIR/model/`; `load_model_dir` accepts such a workdir directly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+from flax import traverse_util
+
+from vit_adapt.errors import UserError
+
+FORMAT = "vit_adapt.model"
+VERSION = 1
+SCOPES = ("full", "trainable")
+
+
+def _versions() -> dict:
+  import flax
+  import jax
+  import orbax.checkpoint
+  import vit_adapt
+  return {"jax": jax.__version__, "flax": flax.__version__, "orbax": orbax.checkpoint.__version__,
+          "vit_adapt": getattr(vit_adapt, "__version__", "unknown")}
+
+
+def _to_numpy(tree):
+  import jax
+  return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables: dict, scope: str = "full") -> str:
+  """Writes a model directory; `variables` = {'params': ..., other collections}. Returns the absolute path."""
+  import orbax.checkpoint as ocp
+
+  from vit_adapt import methods
+  if scope not in SCOPES:
+    raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+  directory = os.path.abspath(os.fspath(directory))
+  os.makedirs(directory, exist_ok=True)
+  variables = {k: v for k, v in dict(variables).items() if v}
+  stored = dict(variables)
+  if scope == "trainable":
+    method = methods.get(config.method.name)
+    stored["params"], _ = methods.split_params(variables["params"], method.trainable)
+    stored = {k: v for k, v in stored.items() if v}
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  meta = {"format": FORMAT, "version": VERSION, "scope": scope, "method": config.method.name,
+          "variant": config.model.variant, "collections": sorted(stored),
+          "num_params": int(sum(np.prod(np.shape(x)) for x in traverse_util.flatten_dict(
+              dict(stored.get("params", {}))).values())),
+          "versions": _versions()}
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(os.path.join(directory, "variables"), _to_numpy(stored), force=True)
+  ckptr.wait_until_finished()
+  # meta.json last: its presence marks a complete directory.
+  with open(os.path.join(directory, "meta.json"), "w") as f:
+    json.dump(meta, f, indent=2, sort_keys=True)
+  return directory
+
+
+def is_model_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, "meta.json")) and os.path.isfile(os.path.join(path, "config.json"))
+
+
+def resolve_model_dir(path: str) -> str:
+  """A model directory, or a training workdir holding one in `model/`."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise UserError(f"checkpoint {path} does not exist.")
+  for candidate in (path, os.path.join(path, "model")):
+    if os.path.isdir(candidate) and is_model_dir(candidate):
+      return candidate
+  raise UserError(f"{path} is not a vit_adapt model directory (no meta.json + config.json, nor a model/ "
+                  "sub-directory of a finished training run). Make one with `python -m vit_adapt.convert` or "
+                  "by training with `python -m vit_adapt.main`.")
+
+
+def read_config(directory: str) -> ml_collections.ConfigDict:
+  with open(os.path.join(directory, "config.json")) as f:
+    return ml_collections.ConfigDict(_tuples(json.load(f)))
+
+
+def _tuples(node):
+  """JSON arrays back to tuples (configs hold tuples, e.g. optim.policies)."""
+  if isinstance(node, dict):
+    return {k: _tuples(v) for k, v in node.items()}
+  if isinstance(node, list):
+    return tuple(_tuples(v) for v in node)
+  return node
+
+
+def load_model_dir(path: str):
+  """-> (config, model, method, variables) of a model directory (or a workdir with `model/`)."""
+  import orbax.checkpoint as ocp
+
+  from vit_adapt import methods
+  directory = os.path.abspath(resolve_model_dir(path))
+  with open(os.path.join(directory, "meta.json")) as f:
+    meta = json.load(f)
+  if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION or meta.get("scope") not in SCOPES:
+    raise UserError(f"{directory}/meta.json describes {meta.get('format')} version {meta.get('version')} scope "
+                    f"{meta.get('scope')}; this vit_adapt reads {FORMAT} up to version {VERSION}. Upgrade vit_adapt.")
+  config = read_config(directory)
+  model, method = methods.build_model(config)
+  try:
+    stored = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
+  except Exception as e:  # orbax raises a variety of types for a damaged directory
+    raise UserError(f"could not restore the variables of {directory} ({type(e).__name__}: {e}).") from None
+  stored = _to_numpy(dict(stored))
+  if meta["scope"] == "full":
+    _check_structure(directory, stored, _abstract_variables(model, config))
+    return config, model, method, stored
+  variables = methods.init_variables(model, method, config)
+  params = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
+  trained = traverse_util.flatten_dict(dict(stored.pop("params", {})), sep="/")
+  _check_structure(directory, {"params": trained}, {"params": {p: params[p] for p in trained if p in params}},
+                   flat=True)
+  params.update(trained)
+  variables = {**dict(variables), **stored, "params": traverse_util.unflatten_dict(params, sep="/")}
+  return config, model, method, variables
+
+
+def _abstract_variables(model, config):
+  import jax
+  import jax.numpy as jnp
+  size = config.model.image_size
+  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
+
+
+def _check_structure(directory, stored, expected, flat: bool = False) -> None:
+  """The stored tree must have exactly the names and shapes the config's model has."""
+  def names(tree):
+    out = {}
+    for col, sub in dict(tree).items():
+      items = dict(sub).items() if flat else traverse_util.flatten_dict(dict(sub), sep="/").items()
+      out.update({f"{col}/{k}": tuple(np.shape(v)) for k, v in items})
+    return out
+  have, want = names(stored), names(expected)
+  problems = [f"missing {k} {want[k]}" for k in sorted(set(want) - set(have)) if not flat]
+  problems += [f"unexpected {k} {have[k]}" for k in sorted(set(have) - set(want))]
+  problems += [f"mis-shaped {k} {have[k]} vs {want[k]}" for k in sorted(set(have) & set(want)) if have[k] != want[k]]
+  if problems:
+    raise UserError(f"{directory} does not match the model its config.json builds:\n  " + "\n  ".join(problems))

@@ -1,0 +1,144 @@
+"""Merging converted weights into an initialised parameter tree, with one loud report of every mismatch.
+
+The loaded tree uses the backbone's names (after a format conversion). Rules:
+  * every backbone weight of the target must be in the file with its exact shape, except that the position
+    embedding is resampled when only its grid differs, and the head is re-initialised (the target's fresh head
+    is kept) when the class count differs or the file has no head;
+  * a method's own parameters (adapters, prompts, LoRA, routers, ...) keep their initialisation when the file
+    does not have them; if the file carries some method parameters it must carry all of them (an official-code
+    checkpoint of a trained method);
+  * a name in the file that the target does not have is unexpected.
+Anything else is collected and raised as ONE `UserError` that lists every missing, unexpected and mis-shaped
+name with shapes, headed by what architecture the file holds versus what the config asks for.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import numpy as np
+from flax import traverse_util
+
+from vit_adapt.checkpoints import posemb as posemb_lib
+from vit_adapt.errors import UserError
+
+POSEMB = "Transformer/posembed_input/pos_embedding"
+_BACKBONE = re.compile(
+    r"^(cls|embedding/(kernel|bias)|Transformer/posembed_input/pos_embedding|Transformer/encoder_norm/(scale|bias)"
+    r"|head/(kernel|bias)"
+    r"|Transformer/encoderblock_\d+/(LayerNorm_[01]/(scale|bias)"
+    r"|MultiHeadDotProductAttention_0/(query|key|value|out)/(kernel|bias)|MlpBlock_0/Dense_[01]/(kernel|bias)))$")
+
+
+def is_backbone_name(path: str) -> bool:
+  return bool(_BACKBONE.match(path))
+
+
+def flat(tree) -> dict[str, np.ndarray]:
+  return traverse_util.flatten_dict(dict(tree), sep="/") if tree else {}
+
+
+def describe(flat_params: dict) -> dict:
+  """What a flat backbone tree's shapes tell: width, patch, depth, heads, mlp_dim, grid, num_classes."""
+  info = {}
+  if "embedding/kernel" in flat_params:
+    k = flat_params["embedding/kernel"].shape
+    info.update(patch_size=int(k[0]), width=int(k[-1]))
+  blocks = {int(m.group(1)) for p in flat_params for m in [re.match(r"Transformer/encoderblock_(\d+)/", p)] if m}
+  if blocks:
+    info["depth"] = max(blocks) + 1
+  q = flat_params.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
+  if q is not None and len(q.shape) == 3:
+    info["num_heads"] = int(q.shape[1])
+  mlp = flat_params.get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")
+  if mlp is not None:
+    info["mlp_dim"] = int(mlp.shape[-1])
+  pe = flat_params.get(POSEMB)
+  if pe is not None:
+    g = int(round(np.sqrt(pe.shape[1] - 1)))
+    info["grid"] = g if g * g == pe.shape[1] - 1 else None
+  head = flat_params.get("head/kernel")
+  if head is not None:
+    info["num_classes"] = int(head.shape[-1])
+  return info
+
+
+def variant_name(info: dict) -> str:
+  """Best-effort big_vision variant name ('B/16') of a described tree, or a width/depth description."""
+  from vit_adapt.models import vit
+  for name, width in vit._WIDTH.items():  # pylint: disable=protected-access
+    if (width == info.get("width") and vit._DEPTH[name] == info.get("depth")  # pylint: disable=protected-access
+        and info.get("num_heads", vit._HEADS[name]) == vit._HEADS[name]):  # pylint: disable=protected-access
+      return f"{name}/{info.get('patch_size')}"
+  return ", ".join(f"{k} {info[k]}" for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size") if k in info)
+
+
+def _shape(x) -> tuple:
+  return tuple(int(d) for d in np.shape(x)) if not hasattr(x, "shape") else tuple(int(d) for d in x.shape)
+
+
+def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = True) -> dict:
+  """Returns `target` (nested params) with the weights of `loaded` (nested, backbone names) merged in.
+
+  `source` names the file in messages. Raises one UserError listing every problem.
+  """
+  src, tgt = flat(loaded), flat(target)
+  notes: list[str] = []
+
+  if POSEMB in src and POSEMB in tgt:
+    s, t = _shape(src[POSEMB]), _shape(tgt[POSEMB])
+    if s != t and len(s) == 3 and s[-1] == t[-1]:
+      try:
+        src[POSEMB] = posemb_lib.resample(np.asarray(src[POSEMB]), t[1])
+        notes.append(f"position embedding resampled from {s[1]} to {t[1]} tokens")
+      except ValueError as e:
+        notes.append(str(e))  # left mis-shaped: reported below
+
+  if "head/kernel" in tgt:
+    head_ok = all(k in src and _shape(src[k]) == _shape(tgt[k]) for k in ("head/kernel", "head/bias"))
+    if not head_ok and allow_head_reinit and _shape(src.get("embedding/kernel", ())) == _shape(
+        tgt.get("embedding/kernel", ())):
+      had = _shape(src["head/kernel"])[-1] if "head/kernel" in src else None
+      src.pop("head/kernel", None)
+      src.pop("head/bias", None)
+      logging.warning("%s: %s; the classification head is freshly initialised for %d classes.", source,
+                      f"the checkpoint's head has {had} classes" if had else "the checkpoint has no head",
+                      _shape(tgt["head/kernel"])[-1])
+      src["head/kernel"], src["head/bias"] = tgt["head/kernel"], tgt["head/bias"]
+
+  carries_method = any(not is_backbone_name(p) for p in src)
+  missing = [p for p in tgt if p not in src and (is_backbone_name(p) or carries_method)]
+  unexpected = [p for p in src if p not in tgt]
+  misshaped = [p for p in src if p in tgt and _shape(src[p]) != _shape(tgt[p])]
+  if missing or unexpected or misshaped:
+    raise UserError(_report(source, src, tgt, missing, unexpected, misshaped))
+
+  for note in notes:
+    logging.info("%s: %s.", source, note)
+  merged = dict(tgt)
+  for p, v in src.items():
+    merged[p] = np.asarray(v).astype(np.asarray(tgt[p]).dtype) if hasattr(tgt[p], "dtype") else v
+  return traverse_util.unflatten_dict(merged, sep="/")
+
+
+def _report(source, src, tgt, missing, unexpected, misshaped) -> str:
+  have, want = describe(src), describe(tgt)
+  lines = [f"checkpoint {source} does not fit the model built from the config."]
+  arch = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
+  if any(have.get(k) != want.get(k) for k in arch if k in have and k in want):
+    lines.append(f"  The checkpoint holds a ViT {variant_name(have)} ({_arch(have)}); the config builds "
+                 f"{variant_name(want)} ({_arch(want)}). Set --config.model.variant (and model.depth etc.) "
+                 "to match the checkpoint, or use a checkpoint of the configured architecture.")
+  for title, names, fmt in (
+      ("missing from the checkpoint", missing, lambda p: f"{p} {_shape(tgt[p])}"),
+      ("unexpected in the checkpoint (not in the model)", unexpected, lambda p: f"{p} {_shape(src[p])}"),
+      ("mis-shaped (checkpoint vs model)", misshaped, lambda p: f"{p} {_shape(src[p])} vs {_shape(tgt[p])}")):
+    if names:
+      lines.append(f"  {len(names)} {title}:")
+      lines += [f"    {fmt(p)}" for p in sorted(names)]
+  return "\n".join(lines)
+
+
+def _arch(info: dict) -> str:
+  return ", ".join(f"{k}={info[k]}" for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size") if k in info)

@@ -1,0 +1,129 @@
+"""Reading tensors from checkpoint files, never unpickling anything.
+
+`read_tensors(path)` returns a flat `{name: np.ndarray}` with the file's own names (Google files use
+'/'-joined Flax paths, PyTorch files '.'-joined module paths). Every failure a user can cause (missing file,
+truncated or corrupt archive, a pickle inside an `.npz`, torch not installed for a `.pth`) is a `UserError`
+naming the file.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Callable
+
+import numpy as np
+
+from vit_adapt.errors import UserError
+
+Tensors = dict[str, np.ndarray]
+
+# Keys under which training scripts nest the state dict ({'model': sd}, {'state_dict': sd}, DDP's 'module').
+_NESTING_KEYS = ("model", "state_dict", "module", "model_state", "params", "ema")
+
+
+def read_npz(path: str) -> Tensors:
+  """A Google `.npz` (flat, '/'-joined names). Refuses pickled object arrays instead of executing them."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      if not isinstance(f, np.lib.npyio.NpzFile):
+        raise UserError(f"{path} holds a single array, not a keyed .npz checkpoint.")
+      return {k: np.asarray(f[k]) for k in f.files}
+  except UserError:
+    raise
+  except ValueError as e:
+    if "pickle" in str(e).lower():
+      raise UserError(f"{path} contains pickled Python objects; vit_adapt never unpickles a checkpoint (it could "
+                      "run arbitrary code). Re-save it with plain arrays: np.savez(path, **arrays).") from None
+    raise UserError(f"{path} is not a readable .npz checkpoint ({e}). Is it truncated? Download it again.") from None
+  except (OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    raise UserError(f"{path} is not a readable .npz checkpoint ({type(e).__name__}: {e}). "
+                    "Is it truncated or not an .npz? Download it again.") from None
+
+
+def read_safetensors(path: str) -> Tensors:
+  """A `.safetensors` file through `safetensors.numpy` (no torch needed)."""
+  from safetensors.numpy import load_file
+  try:
+    return dict(load_file(path))
+  except Exception as e:  # safetensors raises its own SafetensorError / OSError on a bad header or size
+    raise UserError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}). "
+                    "Is it truncated? Download it again.") from None
+
+
+def read_torch(path: str) -> Tensors:
+  """A PyTorch `.pth`/`.bin` state dict with `torch.load(weights_only=True)` (no arbitrary unpickling)."""
+  try:
+    import torch
+  except ImportError:
+    raise UserError(f"{path} is a PyTorch file and reading it needs torch (pip install torch). Alternatively "
+                    "convert it to .safetensors, which vit_adapt reads without torch.") from None
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # weights_only refusals are UnpicklingError; corrupt archives RuntimeError/EOFError
+    raise UserError(f"{path} could not be read as a PyTorch state dict with torch.load(weights_only=True) "
+                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). vit_adapt only reads "
+                    "plain tensor dictionaries.") from None
+  sd = unwrap_state_dict(obj, path)
+  out = {}
+  for k, v in sd.items():
+    if isinstance(v, torch.Tensor):
+      out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.detach().numpy()
+  return out
+
+
+def unwrap_state_dict(obj, path: str) -> dict:
+  """{'model': {...}} / {'state_dict': {...}} / DDP 'module.' prefixes -> the plain name -> tensor dict."""
+  for _ in range(3):
+    if isinstance(obj, dict):
+      nested = [k for k in _NESTING_KEYS if isinstance(obj.get(k), dict)]
+      if nested and not _looks_like_tensors(obj):
+        obj = obj[nested[0]]
+        continue
+    break
+  if not isinstance(obj, dict):
+    raise UserError(f"{path} does not hold a state dict (found {type(obj).__name__}).")
+  if obj and all(k.startswith("module.") for k in obj):
+    obj = {k[len("module."):]: v for k, v in obj.items()}
+  return obj
+
+
+def _looks_like_tensors(d: dict) -> bool:
+  return any(hasattr(v, "shape") for v in d.values())
+
+
+_READERS: dict[str, Callable[[str], Tensors]] = {
+    ".npz": read_npz,
+    ".safetensors": read_safetensors,
+    ".pth": read_torch,
+    ".pt": read_torch,
+    ".bin": read_torch,
+    ".ckpt": read_torch,
+}
+
+
+def read_tensors(path: str) -> Tensors:
+  """Any supported checkpoint file -> flat {name: array} with the file's names (nesting unwrapped)."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise UserError(f"checkpoint {path} does not exist. Check the path (see docs/checkpoints.md for where the "
+                    "Google and timm ViT weights come from).")
+  if os.path.isdir(path):
+    raise UserError(f"{path} is a directory; read_tensors takes a file (.npz, .safetensors, .pth, .bin).")
+  ext = os.path.splitext(path)[1].lower()
+  if ext not in _READERS:
+    raise UserError(f"{path}: unknown checkpoint extension {ext!r}. Supported: {', '.join(sorted(_READERS))}.")
+  tensors = _READERS[ext](path)
+  if ext == ".npz":
+    tensors = _strip_prefix(tensors, ("params/", "opt/target/"))
+  if not tensors:
+    raise UserError(f"{path} contains no tensors.")
+  return tensors
+
+
+def _strip_prefix(tensors: Tensors, prefixes) -> Tensors:
+  """big_vision stores the model under 'params/', old Flax optimizers under 'opt/target/'."""
+  for p in prefixes:
+    if tensors and all(k.startswith(p) for k in tensors):
+      return {k[len(p):]: v for k, v in tensors.items()}
+  return tensors

@@ -1,0 +1,107 @@
+"""The registry of checkpoint sources for `python -m vit_adapt.convert --source=NAME`.
+
+A source turns the tensors of a foreign file into our parameter tree:
+
+  fn(tensors: dict[str, np.ndarray], config) -> (params, inferred)
+
+  params    nested dict with our names (backbone names as in `vit_adapt.models.vit`, method parameters in the
+            method's sub-trees); shapes as stored (the merge resamples the position embedding if needed).
+  inferred  config fields the shapes tell that the generic backbone inspection cannot, as
+            {'method.bottleneck': 16, 'method.num_queries': 8, ...} ('/'-free dotted config paths). `convert`
+            fills them in, or fails when the config says otherwise. The backbone architecture and the class
+            count are inferred by `convert` itself from the backbone names.
+
+`npz` and `timm` live here. Each method adds `official-<method>` from its own module
+`vit_adapt/checkpoints/official_<method>.py` by calling `register_source` at import; the registry imports every
+such module on first use, so nothing else needs editing to add one.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable
+
+import ml_collections
+
+from vit_adapt.checkpoints import google, timm_vit
+from vit_adapt.checkpoints.readers import Tensors
+from vit_adapt.errors import UserError
+
+Converter = Callable[[Tensors, ml_collections.ConfigDict], tuple[dict, dict]]
+_SOURCES: dict[str, Converter] = {}
+_discovered = False
+
+
+def register_source(name: str, fn: Converter) -> Converter:
+  if name in _SOURCES and _SOURCES[name] is not fn:
+    raise ValueError(f"checkpoint source {name!r} registered twice")
+  _SOURCES[name] = fn
+  return fn
+
+
+def _discover() -> None:
+  """Imports every `vit_adapt.checkpoints.official_*` module so its sources register."""
+  global _discovered
+  if _discovered:
+    return
+  _discovered = True
+  from vit_adapt import checkpoints
+  for mod in pkgutil.iter_modules(checkpoints.__path__):
+    if mod.name.startswith("official_"):
+      importlib.import_module(f"vit_adapt.checkpoints.{mod.name}")
+
+
+def source_names() -> list[str]:
+  _discover()
+  return sorted(_SOURCES)
+
+
+def get_source(name: str) -> Converter:
+  _discover()
+  if name not in _SOURCES:
+    raise UserError(f"--source={name!r} is not a checkpoint source. Valid sources: {', '.join(sorted(_SOURCES))}.")
+  return _SOURCES[name]
+
+
+def num_heads_of(config) -> int:
+  from vit_adapt.models import vit
+  m = config.model
+  return vit.decode_variant(m.variant, width=m.get("width", 0), depth=m.get("depth", 0),
+                            mlp_dim=m.get("mlp_dim", 0), num_heads=m.get("num_heads", 0)).num_heads
+
+
+def from_npz(tensors: Tensors, config) -> tuple[dict, dict]:
+  """Google `.npz` in any layout (original/AugReg pre-Linen, big_vision native, scan-stacked)."""
+  if not google.is_google_vit(tensors):
+    raise UserError(_not_a(tensors, "a Google ViT .npz (no 'embedding/kernel')"))
+  return google.google_to_params(tensors), {}
+
+
+def from_timm(tensors: Tensors, config) -> tuple[dict, dict]:
+  """timm or Hugging Face ViT weights; names this backbone does not have are kept and reported as unexpected."""
+  if not (timm_vit.is_timm_vit(tensors) or timm_vit.is_hf_vit(tensors)):
+    raise UserError(_not_a(tensors, "a timm/Hugging Face ViT state dict (no 'patch_embed.proj.weight')"))
+  params, leftover = timm_vit.timm_to_params(tensors, num_heads_of(config))
+  for name, w in leftover.items():  # '.'-joined names stay one key so the report shows them verbatim
+    params[name] = w
+  return params, {}
+
+
+def auto(tensors: Tensors, config) -> tuple[dict, dict]:
+  """Detects the layout from the names (used by `load_backbone` for `config.model.init`)."""
+  if google.is_google_vit(tensors):
+    return from_npz(tensors, config)
+  if timm_vit.is_timm_vit(tensors) or timm_vit.is_hf_vit(tensors):
+    return from_timm(tensors, config)
+  raise UserError(_not_a(tensors, "a ViT checkpoint vit_adapt knows (Google .npz, timm or Hugging Face names)"))
+
+
+def _not_a(tensors: Tensors, what: str) -> str:
+  names = sorted(tensors)[:8]
+  return (f"the checkpoint is not {what}. Its first names: {names}. For checkpoints of a method's official "
+          f"code use --source=official-<method> (sources: {', '.join(source_names())}).")
+
+
+register_source("npz", from_npz)
+register_source("timm", from_timm)
