@@ -41,3 +41,21 @@ def decode(data: bytes | str) -> np.ndarray:
   """Encoded bytes or a file path -> uint8 HWC RGB. Raises PIL/OSError on undecodable input."""
   with Image.open(io.BytesIO(data) if isinstance(data, (bytes, bytearray)) else data) as img:
     return to_rgb_array(img)
+
+
+def resized_crop(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+  """Crop `box` = (top, left, height, width) of a uint8 HWC RGB image and bicubic-resize it to (size, size)."""
+  top, left, h, w = box
+  return to_rgb_array(Image.fromarray(image).resize((size, size), Image.BICUBIC,
+                                                    box=(left, top, left + w, top + h)))
+
+
+def resize_center_crop(image: np.ndarray, size: int, crop_fraction: float = 224 / 256) -> np.ndarray:
+  """The ImageNet evaluation transform: bicubic-resize the shorter side to size / crop_fraction (256 for 224),
+  keeping the aspect ratio, then take the central (size, size) crop."""
+  h, w = image.shape[:2]
+  short = int(size / crop_fraction)
+  new_h, new_w = (short, max(short, int(short * w / h))) if h <= w else (max(short, int(short * h / w)), short)
+  image = to_rgb_array(Image.fromarray(image).resize((new_w, new_h), Image.BICUBIC))
+  top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+  return image[top:top + size, left:left + size]

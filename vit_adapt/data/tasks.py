@@ -127,8 +127,8 @@ def _vtab(task: str, tfds_name: str, *, val200: str, test: str, num_classes: int
               folder=folder or task, **kw)
 
 
-_MANUAL = ("needs a manual download: place the files in <data_dir>/downloads/manual/ before running "
-           "`python -m vit_adapt.data.prepare`")
+_MANUAL = ("needs a manual download into <data_dir>/downloads/manual/; `python -m vit_adapt.data.prepare "
+           "--task={} --data_dir=DIR` prints what to download and where to put it.")
 
 _VTAB = [
     # Natural
@@ -146,14 +146,10 @@ _VTAB = [
     _vtab("patch_camelyon", "patch_camelyon:2.*.*", val200="validation[:200]", test="test", num_classes=2),
     _vtab("eurosat", "eurosat/rgb:2.*.*", val200="train[16200:16400]", test="train[21600:]", num_classes=10),
     _vtab("resisc45", "resisc45:3.*.*", val200="train[18900:19100]", test="train[25200:]", num_classes=45,
-          note="Resisc45 " + _MANUAL + ": NWPU-RESISC45.rar from "
-          "https://1drv.ms/u/s!AmgKYzARBl5ca3HNaHIlzp_IXjs (see the tfds resisc45 catalog page)."),
+          note=_MANUAL.format("vtab/resisc45")),
     _vtab("diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300:3.*.*", val200="validation[:200]",
           test="test", num_classes=5,
-          note="Diabetic Retinopathy " + _MANUAL + ": from https://www.kaggle.com/c/diabetic-retinopathy-detection/"
-          "data download train.zip.00{1..5}, test.zip.00{1..7}, sample.zip, trainLabels.csv.zip and the "
-          "retinopathy_solution.csv; unzip the archives so the manual dir holds train/, test/, sample/, "
-          "trainLabels.csv and retinopathy_solution.csv."),
+          note=_MANUAL.format("vtab/diabetic_retinopathy")),
     # Structured
     _vtab("clevr_count", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=8,
           label_fn=clevr_count),
@@ -190,8 +186,7 @@ _COMPLETE = [
     _complete("oxford_iiit_pet", "oxford_iiit_pet:4.*.*", 37),
     _complete("dtd", "dtd:3.*.*", 47, train="train+validation"),
     _complete("stanford_cars", "cars196:2.*.*", 196,
-              note="tfds `cars196`: its download URL (ai.stanford.edu) is offline; place the files in the manual "
-              "dir or use the image-folder source."),
+              note="tfds `cars196`: " + _MANUAL.format("stanford_cars")),
     # tensorflow_datasets 4.9.10 has no FGVC-Aircraft builder: image-folder source only (train.txt / test.txt).
     _complete("fgvc_aircraft", None, 100, train=None, test=None,
               note="not in tensorflow_datasets 4.9.10: use config.dataset.source='folder' with "
