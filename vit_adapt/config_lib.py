@@ -19,7 +19,10 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   dataset.num_classes       from the task table unless set
   dataset.normalization     'minus_one_one' (Google checkpoints) or 'imagenet'
   dataset.augment, mixup, cutmix, label_smoothing
-  train.batch_size, epochs, warmup_epochs, steps (0 = from epochs), log/eval/checkpoint intervals
+  train.batch_size, epochs, warmup_epochs, steps (0 = from epochs), log/eval/checkpoint intervals;
+  train.keep_last_partial   count a partial last batch as a step of the epoch (the papers' 16 steps/epoch on
+                            1000 images at batch 64); batches themselves are always full
+  train.keep_checkpoints    how many training checkpoints to keep (0 = all)
   optim.lr, min_lr, wd, b1, b2, eps, grad_clip, policies
   eval.batch_size;  efficiency.batch_size, efficiency.enabled
   method.name + the method's own fields (defaults from the method registry)
@@ -60,19 +63,29 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
 
   Accepted arguments: task, seed, demo, plus `extra_args` (name -> default) that the config file reads itself.
   """
-  from vit_adapt import methods
   from vit_adapt.data import tasks
 
   args = parse_arg(arg, {"task": "vtab/cifar100", "seed": 0, "demo": False, **extra_args})
+  c = base_config(method, task=args["task"], seed=int(args["seed"]))
+  if args["demo"]:
+    apply_demo(c)
+  c.dataset.num_classes = tasks.get_task(c.dataset.name).num_classes
+  return c, args
+
+
+def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> ml_collections.ConfigDict:
+  """Every field with its default (no task lookup): the schema `validate` checks configs against."""
+  from vit_adapt import methods
+
   c = ml_collections.ConfigDict()
-  c.seed = int(args["seed"])
+  c.seed = seed
 
   c.model = ml_collections.ConfigDict(dict(
       variant="B/16", init="", image_size=224, dtype="float32", pool="tok", dropout=0.0, drop_path=0.0,
       head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0))
 
   c.dataset = ml_collections.ConfigDict(dict(
-      name=args["task"], source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
+      name=task, source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
       num_classes=-1, normalization="minus_one_one", augment="none", mixup=0.0, cutmix=0.0,
       label_smoothing=0.0, num_threads=8, prefetch=4))
 
@@ -90,11 +103,32 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
 
   c.method = methods.get(method).defaults()
   c.method.name = method
+  return c
 
-  if args["demo"]:
-    apply_demo(c)
-  c.dataset.num_classes = tasks.get_task(c.dataset.name).num_classes
-  return c, args
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first key that is not in the schema (`base_config` + the method's defaults)
+  or that the schema has and `config` lacks: every field is read somewhere, so a typo is never silently ignored.
+  """
+  if "method" not in config or "name" not in config.method:
+    raise UserError("config.method.name is missing: build configs with vit_adapt.config_lib.make_config.")
+  schema = base_config(config.method.name)
+
+  def check(cfg, ref, prefix):
+    for key in cfg.keys():
+      if key not in ref:
+        raise UserError(f"unknown config key 'config.{prefix}{key}'. Known keys under "
+                        f"'config.{prefix[:-1] or '*'}': {', '.join(sorted(ref.keys()))}.")
+      if isinstance(ref[key], ml_collections.ConfigDict):
+        if not isinstance(cfg[key], ml_collections.ConfigDict):
+          raise UserError(f"config.{prefix}{key} must be a block of fields, not {cfg[key]!r}.")
+        check(cfg[key], ref[key], f"{prefix}{key}.")
+    for key in ref.keys():
+      if key not in cfg:
+        raise UserError(f"config key 'config.{prefix}{key}' is missing (build configs with "
+                        "vit_adapt.config_lib.make_config, which sets every field).")
+
+  check(config, schema, "")
 
 
 def apply_demo(c: ml_collections.ConfigDict) -> None:

@@ -1,0 +1,162 @@
+"""The efficiency report: GMACs per image, trainable parameters, inference throughput, peak training memory.
+
+Library (`report`, `gmacs_per_image`, `train_step_memory`) used by the trainer for `results.json`, and a CLI:
+
+  python -m vit_adapt.efficiency --config=configs/adapter_vtab.py [--checkpoint=DIR] [--output=report.json]
+
+GMACs are counted on the compiled inference program (`efficiency_lib`: multiply-adds of every dot/convolution;
+the papers' "GFLOPs"), so they describe what actually runs. For a method whose compute depends on the input
+(DyT's token dispatch, MET's early exits) the method reports a per-example `gmacs` statistic from its inference
+pass and the report gives its average over the evaluated images (`gmacs_source: 'eval_average'`); the trainer
+does this on the eval split, the CLI does it when the data is available. Throughput: ahead-of-time compile,
+warm-up, median of repeated timed calls, at a stated batch size and dtype on the stated device. Peak training
+memory: XLA's memory analysis of the compiled training step (arguments + outputs + temporaries, donated buffers
+counted once), per device.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit_adapt import efficiency_lib
+from vit_adapt.models import vit
+
+
+def inference_fn(model):
+  return lambda variables, images: model.apply(variables, images, train=False)[0]
+
+
+def _images(batch: int, size: int):
+  return jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+
+
+def gmacs_per_image(model, variables, image_size: int) -> float:
+  """Multiply-adds of one image through the compiled inference path. `variables` may be ShapeDtypeStructs."""
+  return efficiency_lib.compiled_gmacs(inference_fn(model), variables, _images(1, image_size))
+
+
+def inference_throughput(model, variables, image_size: int, *, batch_size: int, repeats: int) -> dict:
+  images = jnp.zeros((batch_size, image_size, image_size, 3), jnp.float32)
+  return efficiency_lib.throughput(inference_fn(model), variables, images, batch_size=batch_size,
+                                   repeats=repeats)
+
+
+def memory_of(compiled) -> int:
+  """Peak bytes per device of a compiled program (arguments + outputs + temporaries - aliased/donated)."""
+  m = compiled.memory_analysis()
+  stats = efficiency_lib.MemoryStats(int(m.argument_size_in_bytes), int(m.output_size_in_bytes),
+                                     int(m.temp_size_in_bytes), int(getattr(m, "alias_size_in_bytes", 0)),
+                                     int(m.generated_code_size_in_bytes))
+  return stats.peak_bytes
+
+
+def train_step_memory(config, model, method, variables) -> int:
+  """Peak bytes of the training step at `config.train.batch_size` on one device (compiled, never run)."""
+  from vit_adapt import optim, train_state
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  trainable, frozen = optim.split_trainable(params, method, config.optim)
+  tx, sched = optim.make_optimizer(config.optim, trainable, total_steps=100, warmup_steps=10)
+  state = jax.eval_shape(lambda t, m: train_state.create(t, m, tx, config.seed), trainable, model_state)
+  step = train_state.make_train_step(model, method, config, tx, sched)
+  b, s = config.train.batch_size, config.model.image_size
+  batch = {"image": _images(b, s), "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
+  compiled = jax.jit(step, donate_argnums=0).lower(state, frozen, batch).compile()
+  return memory_of(compiled)
+
+
+def report(config, model, method, variables, *, eval_stats: dict | None = None,
+           train_memory_bytes: int | None = None, measure_throughput: bool = True) -> dict:
+  """The efficiency numbers of one model. `variables` are real arrays (throughput needs them)."""
+  from vit_adapt import optim
+  size = config.model.image_size
+  trainable, _ = optim.split_trainable(variables["params"], method, config.optim)
+  compiled_gmacs = gmacs_per_image(model, variables, size)
+  out = {"gmacs_per_image": compiled_gmacs, "gmacs_source": "compiled"}
+  if eval_stats and "gmacs" in eval_stats:
+    # Input-dependent compute: the average the method measured over the evaluated images (as the papers do).
+    out.update(gmacs_per_image=float(eval_stats["gmacs"]), gmacs_source="eval_average",
+               gmacs_compiled_program=compiled_gmacs)
+  out.update(trainable_params=vit.count_params(trainable), total_params=vit.count_params(variables["params"]))
+  if measure_throughput:
+    t = inference_throughput(model, variables, size, batch_size=config.efficiency.batch_size,
+                             repeats=config.efficiency.repeats)
+    out.update(throughput_images_per_s=t["images_per_s"], throughput_median_batch_s=t["median_s"])
+  out.update(batch_size=config.efficiency.batch_size, dtype=config.model.dtype,
+             device=efficiency_lib.device_description(), image_size=size)
+  if train_memory_bytes is None:
+    train_memory_bytes = train_step_memory(config, model, method, variables)
+  out.update(peak_train_memory_bytes=int(train_memory_bytes), train_batch_size=config.train.batch_size)
+  return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CLI
+
+def _load(config, checkpoint: str | None):
+  """-> (config, model, method, variables): a trained model directory, or the config's initialisation.
+
+  With both, the model comes from the checkpoint and the measurement settings (`efficiency`, `train.batch_size`)
+  from --config.
+  """
+  from vit_adapt import methods
+  if checkpoint:
+    from vit_adapt.checkpoints import export
+    ckpt_config, model, method, variables = export.load_model_dir(checkpoint)  # model dir, or workdir with model/
+    if config is not None:
+      ckpt_config.efficiency = config.efficiency
+      ckpt_config.train.batch_size = config.train.batch_size
+    return ckpt_config, model, method, variables
+  model, method = methods.build_model(config)
+  return config, model, method, methods.init_variables(model, method, config)
+
+
+def _eval_stats(config, model, method, variables) -> dict | None:
+  """Per-example method statistics averaged over the eval split, for methods with input-dependent compute."""
+  if method.eval_stats is None:
+    return None
+  from vit_adapt import evaluate, mesh as mesh_lib
+  from vit_adapt.data import pipeline
+  mesh = mesh_lib.make_mesh()
+  variables = mesh_lib.replicate(variables, mesh_lib.replicated(mesh))
+  return evaluate.Evaluator(model, method, mesh)(variables, pipeline.eval_batches(config,
+                                                                                  config.dataset.eval_split))["stats"]
+
+
+def main(argv):
+  from vit_adapt import config_lib
+  from vit_adapt.errors import UserError
+  del argv
+  config = FLAGS.config
+  if config is None and not FLAGS.checkpoint:
+    raise UserError("give --config (e.g. --config=configs/adapter_vtab.py) and/or --checkpoint=WORKDIR.")
+  if config is not None:
+    config_lib.validate(config)
+  config, model, method, variables = _load(config, FLAGS.checkpoint)
+  stats = _eval_stats(config, model, method, variables) if FLAGS.eval_gmacs else None
+  result = {"method": config.method.name, "task": config.dataset.name,
+            **report(config, model, method, variables, eval_stats=stats)}
+  text = json.dumps(result, indent=2, default=float)
+  print(text)
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      f.write(text + "\n")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  from vit_adapt.errors import cli_main
+  config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
+  flags.DEFINE_string("checkpoint", None, "A trained model: a workdir of vit_adapt.main or its model/ directory.")
+  flags.DEFINE_string("output", None, "Also write the JSON report to this file.")
+  flags.DEFINE_bool("eval_gmacs", True, "For methods with input-dependent compute, average their per-image GMACs "
+                    "over the eval split (needs the dataset).")
+  FLAGS = flags.FLAGS
+  app.run(cli_main(main))

@@ -1,0 +1,44 @@
+"""Train, evaluate and report one experiment:
+
+  python -m vit_adapt.main --config=configs/adapter_vtab.py:task=vtab/dtd --workdir=runs/adapter_dtd
+
+Re-running the same command resumes from the latest checkpoint in --workdir. Results: WORKDIR/results.json.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from vit_adapt.errors import UserError, cli_main
+
+config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json (resumes if it has some).")
+FLAGS = flags.FLAGS
+
+
+class _QuietLibraries:
+  """Drops INFO records of orbax (dozens of lines per checkpoint) so the console shows the training log."""
+
+  def filter(self, record):
+    return record.levelno > 20 or "/orbax/" not in record.pathname
+
+
+@cli_main
+def main(argv):
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}; use --config=... --workdir=...")
+  if FLAGS.config is None or not FLAGS.workdir:
+    raise UserError("both --config and --workdir are required, e.g. "
+                    "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
+  from absl import logging
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  from vit_adapt import train  # after flag parsing: keeps `--help` fast
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
+          "peak_train_memory_bytes", "wall_time_s")
+  print(json.dumps({k: results.get(k) for k in keys}))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,62 @@
+"""Where a run's numbers go: clu writers (TensorBoard + console), `metrics.jsonl`, `config.json`, `results.json`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers
+
+
+class JsonlWriter(metric_writers.MetricWriter):
+  """Appends `{"step": s, name: value, ...}` lines to a file: loss curves readable without TensorBoard."""
+
+  def __init__(self, path: str):
+    self._path = path
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    row = {"step": int(step), **{k: _to_python(v) for k, v in scalars.items()}}
+    with open(self._path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+
+  def write_summaries(self, step, values, metadata=None): pass
+  def write_images(self, step, images): pass
+  def write_videos(self, step, videos): pass
+  def write_audios(self, step, audios, *, sample_rate): pass
+  def write_texts(self, step, texts): pass
+  def write_histograms(self, step, arrays, num_buckets=None): pass
+  def write_hparams(self, hparams): pass
+  def flush(self): pass
+  def close(self): pass
+
+
+def create_writer(workdir: str) -> metric_writers.MetricWriter:
+  """TensorBoard events + console (clu's default writer) and `metrics.jsonl`, on the first process only."""
+  lead = jax.process_index() == 0
+  writers = [metric_writers.create_default_writer(workdir, just_logging=not lead, asynchronous=False)]
+  if lead:
+    writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
+  return metric_writers.MultiWriter(writers)
+
+
+def _to_python(v):
+  v = np.asarray(v)
+  if v.dtype.kind in "iub":
+    return int(v)
+  f = float(v)
+  return f if math.isfinite(f) else str(f)
+
+
+def write_json(path: str, obj: Mapping[str, Any]) -> None:
+  """Writes JSON atomically (first process only): a reader never sees half a file."""
+  if jax.process_index() != 0:
+    return
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=False, default=_to_python)
+    f.write("\n")
+  os.replace(tmp, path)

@@ -1,0 +1,225 @@
+"""The training loop: `train_and_evaluate(config, workdir)` trains one method on one task, evaluates the final
+model and writes `workdir/results.json` (accuracy + efficiency). The same loop serves every method; methods plug
+in through `vit_adapt.methods.base.Method` (model class, trainable regexes, loss, RNG streams, eval stats).
+
+Sections: mesh, data, model, optimizer, restore, step, eval, checkpoint, report. Re-running the same command on
+the same workdir resumes from the latest checkpoint and ends with bitwise the same result (on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from clu import parameter_overview, periodic_actions
+
+from vit_adapt import config_lib, efficiency, evaluate, methods, optim, reporting
+from vit_adapt import mesh as mesh_lib
+from vit_adapt import train_checkpoints, train_state
+from vit_adapt.checkpoints import export
+from vit_adapt.errors import UserError
+from vit_adapt.methods import base as methods_base
+
+
+def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
+  """-> (steps_per_epoch, total_steps, warmup_steps) from the train split size and `config.train`."""
+  b = config.train.batch_size
+  if num_train < b:
+    raise UserError(f"the training split {config.dataset.split!r} of {config.dataset.name!r} has {num_train} "
+                    f"examples, fewer than config.train.batch_size={b}.")
+  # The papers' loaders keep the last partial batch (1000 images / 64 = 16 steps per epoch): with
+  # `keep_last_partial` the schedule counts it. Our stream is continuous (batches cross epoch boundaries and stay
+  # full), so the run makes the papers' number of optimizer steps with static shapes.
+  steps_per_epoch = math.ceil(num_train / b) if config.train.keep_last_partial else num_train // b
+  total = config.train.steps or int(round(config.train.epochs * steps_per_epoch))
+  warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
+  if total <= 0:
+    raise UserError("config.train.steps and config.train.epochs give no training step: set one of them > 0.")
+  return steps_per_epoch, total, warmup
+
+
+def preflight(config, pipeline) -> int:
+  """Checks the inputs a run needs before any compute; -> the number of training examples.
+
+  Missing backbone weights and an unprepared dataset are reported together, in one message that says what is
+  missing, where to get it and which flag to set.
+  """
+  problems = []
+  init = config.model.init
+  if init and not os.path.exists(init):
+    problems.append(
+        f"the backbone checkpoint config.model.init={init!r} does not exist. Download the ViT weights (e.g. "
+        "ViT-B/16 ImageNet-21k: gs://vit_models/imagenet21k/ViT-B_16.npz, see docs/checkpoints.md) and pass "
+        "--config.model.init=/path/to/ViT-B_16.npz.")
+  num_train = None
+  try:
+    num_train = pipeline.num_examples(config, config.dataset.split)
+    pipeline.num_examples(config, config.dataset.eval_split)
+  except UserError as e:
+    problems.append(f"the dataset is not available: {e}. Then point the run at it with "
+                    "--config.dataset.data_dir=<data_dir> (tfds), or use the image-folder release with "
+                    "--config.dataset.source=folder --config.dataset.root=<root> (see docs/data.md).")
+  if problems:
+    raise UserError("cannot start training:\n  - " + "\n  - ".join(problems))
+  if not init:
+    logging.warning("config.model.init is empty: the backbone is randomly initialised from config.seed "
+                    "(intended for the demo and tests; real runs adapt a pre-trained checkpoint).")
+  return num_train
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains, evaluates the final model on `config.dataset.eval_split`, writes and returns results.json."""
+  from vit_adapt.data import pipeline  # the data helper's module; imported late so configs load without it
+
+  wall_start = time.time()
+  config_lib.validate(config)
+  mesh_lib.maybe_initialize_distributed()
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
+  writer = reporting.create_writer(workdir)
+
+  # ---------------------------------------------------------------------------------------------- mesh
+  # One 'data' axis over every device of every host: parameters replicated, batches split.
+  mesh = mesh_lib.make_mesh()
+  repl, data_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
+  mesh_lib.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
+  mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
+  logging.info("Mesh: %d devices (%s), %d processes", mesh.devices.size, jax.devices()[0].platform,
+               jax.process_count())
+
+  # ---------------------------------------------------------------------------------------------- data
+  num_train = preflight(config, pipeline)
+  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, num_train)
+  train_iter = pipeline.train_iterator(config, seed=config.seed)
+  logging.info("Data: %s split %r, %d examples, %d steps/epoch, %d steps (%d warmup)", config.dataset.name,
+               config.dataset.split, num_train, steps_per_epoch, total_steps, warmup_steps)
+
+  # ---------------------------------------------------------------------------------------------- model
+  model, method = methods.build_model(config)
+  variables = dict(methods.init_variables(model, method, config))
+  params = variables.pop("params")
+  model_state = variables  # non-parameter collections, e.g. {'batch_stats': ...}
+  trainable, frozen = optim.split_trainable(params, method, config.optim)
+  parameter_overview.log_parameter_overview(trainable, msg=f"Trainable parameters of {method.name!r}")
+
+  # ---------------------------------------------------------------------------------------------- optimizer
+  tx, schedule = optim.make_optimizer(config.optim, trainable, total_steps, warmup_steps)
+  state = mesh_lib.replicate(train_state.create(trainable, model_state, tx, config.seed), repl)
+  frozen = mesh_lib.replicate(frozen, repl)
+  del params, trainable, model_state, variables
+
+  # ---------------------------------------------------------------------------------------------- restore
+  ckpts = train_checkpoints.TrainCheckpoints(os.path.join(workdir, "checkpoints"),
+                                             keep=config.train.keep_checkpoints)
+  restored = ckpts.restore_latest(state, train_iter)
+  if restored is not None:
+    state = restored
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info("Resuming at step %d of %d", start_step, total_steps)
+
+  # ---------------------------------------------------------------------------------------------- step
+  # Gradients of the trainable tree only; the frozen tree is an ordinary (non-donated) argument. The state is
+  # donated: XLA updates parameters and optimizer moments in place.
+  step_fn = jax.jit(
+      train_state.make_train_step(model, method, config, tx, schedule),
+      in_shardings=(repl, repl, data_sharding), out_shardings=(repl, repl), donate_argnums=0)
+  compiled_steps: dict = {}  # batch shapes -> compiled step (ahead of time: gives the step's memory analysis)
+  train_memory_bytes = None
+
+  # ---------------------------------------------------------------------------------------------- eval
+  evaluator = evaluate.Evaluator(model, method, mesh)
+
+  def run_eval(step: int) -> dict:
+    variables = {"params": methods_base.merge_params(state.params, frozen), **state.model_state}
+    result = evaluator(variables, pipeline.eval_batches(config, config.dataset.eval_split))
+    scalars = {"top1": result["top1"], "loss": result["loss"],
+               **{f"stats/{k}": v for k, v in result["stats"].items()}}
+    writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
+    logging.info("Eval at step %d on %r: top1 %.4f over %d examples", step, config.dataset.eval_split,
+                 result["top1"], result["num_examples"])
+    return result
+
+  # ---------------------------------------------------------------------------------------------- loop
+  log_every = max(config.train.log_every_steps, 1)
+  ckpt_every = config.train.checkpoint_every_steps
+  eval_every = int(round(config.train.eval_every_epochs * steps_per_epoch))
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
+  pending: list = []  # per-step metrics (device arrays) not yet fetched: no host sync between log steps
+  last_train: dict = {}
+  last_eval, last_eval_step = None, -1
+
+  def flush(step: int) -> None:
+    """Fetches the pending metrics, stops on a non-finite loss (naming its step), logs their means."""
+    nonlocal pending, last_train
+    if not pending:
+      return
+    fetched = jax.device_get(pending)
+    first = step - len(fetched) + 1
+    for i, m in enumerate(fetched):
+      if not np.isfinite(m["loss"]):
+        raise UserError(f"training diverged: the loss is {float(m['loss'])} at step {first + i} (no checkpoint "
+                        "was written after it). Lower config.optim.lr, set config.optim.grad_clip (e.g. 1.0), or "
+                        "use config.model.dtype='float32'.")
+    last_train = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    writer.write_scalars(step, last_train)
+    pending = []
+
+  for step in range(start_step + 1, total_steps + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = mesh_lib.global_batch(next(train_iter), data_sharding)
+      shapes = tuple((k, v.shape, v.dtype) for k, v in sorted(batch.items()))
+      if shapes not in compiled_steps:
+        compiled_steps[shapes] = step_fn.lower(state, frozen, batch).compile()
+        if train_memory_bytes is None:
+          train_memory_bytes = efficiency.memory_of(compiled_steps[shapes])
+      state, metrics = compiled_steps[shapes](state, frozen, batch)
+    pending.append(metrics)
+    progress(step)
+    is_last = step == total_steps
+    do_ckpt = is_last or (ckpt_every > 0 and step % ckpt_every == 0)
+    do_eval = not is_last and eval_every > 0 and step % eval_every == 0
+    if do_ckpt or do_eval or step % log_every == 0:
+      flush(step)
+    if do_eval:
+      last_eval, last_eval_step = run_eval(step), step
+    if do_ckpt:
+      ckpts.save(state, train_iter)
+  flush(total_steps)
+  ckpts.wait_until_finished()
+
+  # ---------------------------------------------------------------------------------------------- report
+  # The final model, never a test-selected epoch.
+  if last_eval_step != total_steps:
+    last_eval = run_eval(total_steps)
+  variables = {"params": methods_base.merge_params(state.params, frozen), **state.model_state}
+  # Measured on one device: what one accelerator does at the stated batch size.
+  local = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
+  eff = efficiency.report(config, model, method, local, eval_stats=last_eval["stats"],
+                          train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
+  results = {
+      "task": config.dataset.name, "method": method.name, "top1": last_eval["top1"],
+      "eval_split": config.dataset.eval_split, "eval_loss": last_eval["loss"],
+      "num_eval_examples": last_eval["num_examples"], "train_split": config.dataset.split,
+      "num_train_examples": num_train, "steps": total_steps, "seed": config.seed,
+      "selection": "final model (no selection on the evaluation split)",
+      "final_train_loss": last_train.get("train/loss"),
+      **eff,
+      "num_devices": mesh.devices.size,
+      "wall_time_s": time.time() - wall_start,
+  }
+  for name, value in last_eval["stats"].items():
+    results[name if name not in results else f"eval_{name}"] = value
+  # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
+  export.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
+  reporting.write_json(os.path.join(workdir, "results.json"), results)
+  writer.write_scalars(total_steps, {"final/top1": results["top1"]})
+  writer.flush()
+  ckpts.close()
+  logging.info("Results: %s", results)
+  return results

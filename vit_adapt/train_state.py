@@ -1,0 +1,107 @@
+"""The training state and the training step.
+
+`TrainState` holds only what trains and what must survive a restart: the trainable parameters, their optimizer
+state, non-parameter collections (e.g. Sparse-Tuning's BatchNorm `batch_stats`), the step and the RNG key. The
+frozen parameters are a separate argument of the step: they are closed over by the loss, never differentiated,
+and never written to a checkpoint (they are rebuilt from `config.model.init` / the seed).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from vit_adapt.methods import base as methods_base
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 scalar: number of optimizer steps taken
+  params: Any            # trainable parameters only
+  opt_state: Any         # optimizer state of the trainable parameters
+  model_state: Any       # non-parameter collections, e.g. {'batch_stats': ...}; {} for most methods
+  rng: jax.Array         # uint32 (2,) raw key; per-step keys are fold_in(rng, step)
+
+  def to_dict(self) -> dict:
+    return {"step": self.step, "params": self.params, "opt_state": self.opt_state,
+            "model_state": self.model_state, "rng": self.rng}
+
+  @classmethod
+  def from_dict(cls, d: dict) -> "TrainState":
+    return cls(step=d["step"], params=d["params"], opt_state=d["opt_state"], model_state=d["model_state"],
+               rng=d["rng"])
+
+
+def create(trainable, model_state, tx: optax.GradientTransformation, seed: int) -> TrainState:
+  # The training key is a fold of the seed distinct from the one `init_variables` used for the parameters.
+  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable),
+                    model_state=model_state, rng=rng)
+
+
+def soft_labels(batch: dict, num_classes: int) -> jax.Array:
+  """The batch's targets: the pipeline's `soft_label` (mixup, cutmix, label smoothing) or one-hot labels."""
+  if "soft_label" in batch:
+    return batch["soft_label"].astype(jnp.float32)
+  return jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
+
+
+def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule) -> Callable:
+  """-> train_step(state, frozen, batch) -> (new_state, metrics); pure, to be jitted by the caller."""
+  num_classes = config.dataset.num_classes
+  streams = ("dropout",) + tuple(method.rng_streams)
+
+  def train_step(state: TrainState, frozen, batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+    images = batch["image"]
+    labels = soft_labels(batch, num_classes)
+    mutable = list(state.model_state)
+    pass_counter = itertools.count()
+
+    def loss_fn(trainable):
+      params = methods_base.merge_params(trainable, frozen)
+
+      def run(**kwargs):
+        # Each pass (the main one, and any a method's loss re-runs) draws its own dropout/stream keys.
+        pass_rng = jax.random.fold_in(step_rng, next(pass_counter))
+        rngs = {name: jax.random.fold_in(pass_rng, i) for i, name in enumerate(streams)}
+        variables = {"params": params, **state.model_state}
+        if mutable:
+          (logits, out), updates = model.apply(variables, images, train=True, rngs=rngs, mutable=mutable,
+                                               **kwargs)
+          return logits, out, updates
+        logits, out = model.apply(variables, images, train=True, rngs=rngs, **kwargs)
+        return logits, out, {}
+
+      logits, out, updates = run()
+      forward = lambda **kw: run(**kw)[:2]
+      loss, aux = method.loss(methods_base.LossInputs(
+          logits=logits, out=out, labels=labels, forward=forward, config=config.method, train=True))
+      return loss, (logits, aux, updates)
+
+    (loss, (logits, aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    param_updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, param_updates)
+    model_state = {**state.model_state, **updates}
+
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+    # A method's loss terms and diagnostics (e.g. DyT's activation rate), logged as batch means.
+    metrics.update({k: jnp.mean(jnp.asarray(v, jnp.float32)) for k, v in aux.items()})
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
+    return new_state, metrics
+
+  return train_step
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
