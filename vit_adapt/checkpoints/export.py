@@ -27,6 +27,17 @@ VERSION = 1
 SCOPES = ("full", "trainable")
 
 
+class _DropOrbaxInfo:
+  def filter(self, record):
+    return record.levelno > 20 or "/orbax/" not in record.pathname
+
+
+def quiet_orbax() -> None:
+  """CLIs: drop orbax's INFO records (a dozen lines per save/restore) from the absl console log."""
+  from absl import logging as absl_logging
+  absl_logging.get_absl_handler().addFilter(_DropOrbaxInfo())
+
+
 def _versions() -> dict:
   import flax
   import jax
@@ -41,8 +52,12 @@ def _to_numpy(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables: dict, scope: str = "full") -> str:
-  """Writes a model directory; `variables` = {'params': ..., other collections}. Returns the absolute path."""
+def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables: dict, scope: str = "full",
+                   meta: dict | None = None) -> str:
+  """Writes a model directory; `variables` = {'params': ..., other collections}. Returns the absolute path.
+
+  `meta` adds provenance fields to meta.json (e.g. what `convert` read).
+  """
   import orbax.checkpoint as ocp
 
   from vit_adapt import methods
@@ -50,6 +65,8 @@ def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
   directory = os.path.abspath(os.fspath(directory))
   os.makedirs(directory, exist_ok=True)
+  if os.path.exists(os.path.join(directory, "meta.json")):  # overwriting: incomplete until the new one is written
+    os.remove(os.path.join(directory, "meta.json"))
   variables = {k: v for k, v in dict(variables).items() if v}
   stored = dict(variables)
   if scope == "trainable":
@@ -58,17 +75,17 @@ def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables:
     stored = {k: v for k, v in stored.items() if v}
   with open(os.path.join(directory, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  meta = {"format": FORMAT, "version": VERSION, "scope": scope, "method": config.method.name,
+  info = {"format": FORMAT, "version": VERSION, "scope": scope, "method": config.method.name,
           "variant": config.model.variant, "collections": sorted(stored),
           "num_params": int(sum(np.prod(np.shape(x)) for x in traverse_util.flatten_dict(
               dict(stored.get("params", {}))).values())),
-          "versions": _versions()}
+          "versions": _versions(), **(meta or {})}
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, "variables"), _to_numpy(stored), force=True)
   ckptr.wait_until_finished()
   # meta.json last: its presence marks a complete directory.
   with open(os.path.join(directory, "meta.json"), "w") as f:
-    json.dump(meta, f, indent=2, sort_keys=True)
+    json.dump(info, f, indent=2, sort_keys=True)
   return directory
 
 

@@ -78,10 +78,13 @@ def _shape(x) -> tuple:
   return tuple(int(d) for d in np.shape(x)) if not hasattr(x, "shape") else tuple(int(d) for d in x.shape)
 
 
-def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = True) -> dict:
+def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = True,
+          partial_backbone: bool = False) -> dict:
   """Returns `target` (nested params) with the weights of `loaded` (nested, backbone names) merged in.
 
-  `source` names the file in messages. Raises one UserError listing every problem.
+  `source` names the file in messages. `partial_backbone`: the file holds only part of the model (a
+  trainable-only state dict) and backbone weights it lacks keep the target's values (loaded from
+  `config.model.init`). Raises one UserError listing every problem.
   """
   src, tgt = flat(loaded), flat(target)
   notes: list[str] = []
@@ -108,7 +111,8 @@ def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = 
       src["head/kernel"], src["head/bias"] = tgt["head/kernel"], tgt["head/bias"]
 
   carries_method = any(not is_backbone_name(p) for p in src)
-  missing = [p for p in tgt if p not in src and (is_backbone_name(p) or carries_method)]
+  required = lambda p: (is_backbone_name(p) and not partial_backbone) or (carries_method and not is_backbone_name(p))
+  missing = [p for p in tgt if p not in src and required(p)]
   unexpected = [p for p in src if p not in tgt]
   misshaped = [p for p in src if p in tgt and _shape(src[p]) != _shape(tgt[p])]
   if missing or unexpected or misshaped:

@@ -1,0 +1,180 @@
+r"""Batch inference with a vit_adapt model directory (from `convert`, or a training workdir's `model/`).
+
+  python -m vit_adapt.predict --checkpoint=runs/dyt_dtd --images='photos/*.jpg' --output=preds.jsonl
+  python -m vit_adapt.predict --checkpoint=models/ti_dtd --array=images.npy --logits=logits.npy
+
+`--images` takes a folder or a glob; files are decoded and resized (bicubic) to the model's resolution, and
+files that are not images are skipped with a warning. `--array` takes a uint8 (N, H, W, 3) `.npy` already at the
+model's resolution. Pixels are normalised as the model was trained (`config.dataset.normalization`, [-1, 1] by
+default). The model runs its own inference path (`model(images, train=False)`: token dispatch, pruning, early
+exits as the method does them) in batches padded to one static shape, so it compiles once.
+
+Output: one JSON line per image, {"index", "path", "top_classes", "top_probs"} (top 5), to `--output` or
+stdout; `--logits` also saves the raw (N, num_classes) float32 logits.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sys
+from typing import Iterator
+
+import numpy as np
+from absl import app, flags, logging
+
+from vit_adapt.errors import UserError, cli_main
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+  """Defined when run as a program only, so `predict()` imports as a library without flag clashes."""
+  flags.DEFINE_string("checkpoint", None, "A model directory, or a training workdir with model/ inside.")
+  flags.DEFINE_string("images", None, "A folder of images or a glob pattern (quote it).")
+  flags.DEFINE_string("array", None, "A .npy of uint8 images (N, H, W, 3) at the model's resolution.")
+  flags.DEFINE_string("output", None, "Where to write the JSON lines (default: stdout).")
+  flags.DEFINE_string("logits", None, "Optional .npy path for the raw logits (N, num_classes).")
+  flags.DEFINE_integer("batch_size", 64, "Images per forward pass (the last batch is padded).")
+  flags.DEFINE_integer("top_k", 5, "How many classes each output line lists.")
+
+
+def list_image_files(spec: str) -> list[str]:
+  """A folder (its files, sorted) or a glob pattern -> paths; an empty result is an error."""
+  if os.path.isdir(spec):
+    paths = sorted(os.path.join(spec, f) for f in os.listdir(spec))
+    paths = [p for p in paths if os.path.isfile(p)]
+  else:
+    paths = sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+  if not paths:
+    what = "folder" if os.path.isdir(spec) else "pattern"
+    raise UserError(f"--images={spec}: the {what} matches no files. Pass a folder of images or a quoted glob "
+                    "such as 'photos/*.jpg'.")
+  return paths
+
+
+def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (path, uint8 (size, size, 3)); files that are not decodable images are skipped with a warning."""
+  from vit_adapt.data import images
+  for path in paths:
+    try:
+      img = images.decode(path)
+    except Exception as e:  # PIL raises UnidentifiedImageError/OSError/ValueError on non-images
+      logging.warning("skipping %s: not a readable image (%s)", path, type(e).__name__)
+      continue
+    yield path, images.resize(img, size)
+
+
+def load_array(path: str, size: int) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise UserError(f"--array={path} does not exist.")
+  try:
+    x = np.load(path, allow_pickle=False)
+  except Exception as e:  # pickled objects, truncated or non-.npy files
+    raise UserError(f"--array={path} is not a readable .npy of plain numbers ({type(e).__name__}: {e}).") from None
+  if not isinstance(x, np.ndarray):
+    raise UserError(f"--array={path} holds several arrays (.npz); save one uint8 array with np.save.")
+  if x.dtype != np.uint8:
+    raise UserError(f"--array={path} has dtype {x.dtype}; it must be uint8 pixels 0..255 (N, {size}, {size}, 3). "
+                    "Convert with x.astype(np.uint8) if it holds 0..255 values, or use --images.")
+  if x.ndim != 4 or x.shape[1:] != (size, size, 3) or x.shape[0] == 0:
+    raise UserError(f"--array={path} has shape {x.shape}; the model needs (N, {size}, {size}, 3) uint8 images at "
+                    f"its resolution {size} (use --images to resize files).")
+  return x
+
+
+class Predictor:
+  """The model's inference function compiled once for a static batch; pads the last batch."""
+
+  def __init__(self, model, variables, normalization: str, batch_size: int):
+    import jax
+    from vit_adapt.data import images
+    self.variables = variables
+    self.batch_size = batch_size
+    self.normalize = lambda x: images.normalize(x, normalization)
+    self.forward = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+
+  def logits(self, batch_uint8: np.ndarray) -> np.ndarray:
+    n = batch_uint8.shape[0]
+    pad = self.batch_size - n
+    x = self.normalize(batch_uint8)
+    if pad:
+      x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+    return np.asarray(self.forward(self.variables, x))[:n]
+
+
+def batches(items, batch_size: int):
+  buf = []
+  for item in items:
+    buf.append(item)
+    if len(buf) == batch_size:
+      yield buf
+      buf = []
+  if buf:
+    yield buf
+
+
+def top_k(logits: np.ndarray, k: int):
+  z = logits - logits.max(-1, keepdims=True)
+  probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+  idx = np.argsort(-logits, axis=-1, kind="stable")[:, :k]
+  return idx, np.take_along_axis(probs, idx, -1)
+
+
+def predict(checkpoint: str, *, images: str | None = None, array: str | None = None, batch_size: int = 64,
+            k: int = 5) -> tuple[list[dict], np.ndarray]:
+  """Library form of the CLI: -> (records, logits (N, C))."""
+  from vit_adapt.checkpoints import export
+  if bool(images) == bool(array):
+    raise UserError("pass exactly one of --images=FOLDER_OR_GLOB or --array=X.npy.")
+  if batch_size < 1:
+    raise UserError(f"--batch_size={batch_size} must be positive.")
+  config, model, _, variables = export.load_model_dir(checkpoint)
+  size = config.model.image_size
+  if array:
+    x = load_array(array, size)
+    items = [(f"{array}[{i}]", img) for i, img in enumerate(x)]
+    batch_size = min(batch_size, len(items))
+  else:
+    paths = list_image_files(images)
+    items = decode_images(paths, size)
+    batch_size = min(batch_size, len(paths))
+  predictor = Predictor(model, variables, config.dataset.get("normalization", "minus_one_one"), batch_size)
+  names, outs = [], []
+  for batch in batches(items, batch_size):
+    names += [p for p, _ in batch]
+    outs.append(predictor.logits(np.stack([img for _, img in batch])))
+  if not outs:
+    raise UserError(f"--images={images}: none of the files is a readable image.")
+  logits = np.concatenate(outs).astype(np.float32)
+  idx, probs = top_k(logits, min(k, logits.shape[-1]))
+  records = [{"index": i, "path": None if array else name, "top_classes": idx[i].tolist(),
+              "top_probs": [round(float(p), 6) for p in probs[i]]} for i, name in enumerate(names)]
+  return records, logits
+
+
+@cli_main
+def main(argv):
+  from vit_adapt.checkpoints import export
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments {argv[1:]}")
+  if not FLAGS.checkpoint:
+    raise UserError("--checkpoint=DIR is required (a model directory or a training workdir).")
+  export.quiet_orbax()
+  records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array,
+                            batch_size=FLAGS.batch_size, k=FLAGS.top_k)
+  lines = "".join(json.dumps(r) + "\n" for r in records)
+  if FLAGS.output:
+    with open(FLAGS.output, "w") as f:
+      f.write(lines)
+  else:
+    sys.stdout.write(lines)
+  if FLAGS.logits:
+    np.save(FLAGS.logits, logits)
+  print(f"predicted {len(records)} images", file=sys.stderr)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
