@@ -19,6 +19,8 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   dataset.num_classes       from the task table unless set
   dataset.normalization     'minus_one_one' (Google checkpoints) or 'imagenet'
   dataset.augment, mixup, cutmix, label_smoothing
+  dataset.num_threads, prefetch  grain read threads; batches prefetched per host
+  dataset.cache_mb          keep decoded+resized training images in host memory when the split fits (0 = off)
   train.batch_size, epochs, warmup_epochs, steps (0 = from epochs), log/eval/checkpoint intervals;
   train.keep_last_partial   count a partial last batch as a step of the epoch (the papers' 16 steps/epoch on
                             1000 images at batch 64); batches themselves are always full
@@ -87,7 +89,7 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
   c.dataset = ml_collections.ConfigDict(dict(
       name=task, source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
       num_classes=-1, normalization="minus_one_one", augment="none", mixup=0.0, cutmix=0.0,
-      label_smoothing=0.0, num_threads=8, prefetch=4))
+      label_smoothing=0.0, num_threads=8, prefetch=4, cache_mb=4096))
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=100, warmup_epochs=10, steps=0, log_every_steps=20, eval_every_epochs=0,
