@@ -53,6 +53,19 @@ def test_resume_from_orbax_checkpoint_yields_the_uninterrupted_batches(tmp_path,
   assert _equal(next(again), next(restored))
 
 
+@pytest.mark.parametrize("augment", ["none", "flip"])
+def test_in_memory_cache_changes_nothing_but_speed(augment, monkeypatch):
+  cached, uncached = _train(_config(augment=augment)), _train(_config(augment=augment, cache_mb=0))
+  assert all(_equal(next(cached), next(uncached)) for _ in range(95))  # past the first epoch (89 batches)
+  reads = []
+  original = pipeline._LazyCache.__init__
+  monkeypatch.setattr(pipeline._LazyCache, "__init__", lambda self, ds: reads.append(len(ds)) or original(self, ds))
+  _train(_config(augment=augment))
+  _train(_config(augment=augment, cache_mb=0))
+  _train(_config(augment="inception_crop"))  # random crops of the full image: nothing deterministic to keep
+  assert reads == [1437]
+
+
 def test_seeds_reproduce_and_differ():
   config = _config(augment="inception_crop")
   a, b, c = _train(config, 1), _train(config, 1), _train(config, 2)
@@ -150,6 +163,8 @@ def test_sizes_and_steps():
   config = _config()
   assert pipeline.num_examples(config) == 1437 and pipeline.num_examples(config, "test") == 360
   assert pipeline.steps_per_epoch(config) == 1437 // 16
+  config.train.keep_last_partial = True
+  assert pipeline.steps_per_epoch(config) == 1437 // 16 + 1
 
 
 @pytest.mark.filterwarnings("ignore:self.within_class_std_dev_")  # constant border pixels: harmless

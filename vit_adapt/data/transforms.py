@@ -88,22 +88,34 @@ def inception_crop_box(height: int, width: int, rng: np.random.Generator, scale=
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainTransform:
-  """Loaded record -> (S, S, 3) uint8 with the configured augmentation (a grain `random_map` callable)."""
+class Resize:
+  """Loaded record -> (S, S, 3) uint8, whole image, aspect not kept (VTAB). Deterministic, hence cacheable."""
 
   size: int
-  augment: str = "none"
+
+  def __call__(self, record: dict) -> dict:
+    return {**record, "image": images.resize(record["image"], self.size)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  """The random part of training preprocessing (a grain `random_map` callable).
+
+  'flip' expects records already resized (`Resize`); 'inception_crop' takes the full decoded image and crops and
+  resizes it to (S, S) itself, then flips.
+  """
+
+  size: int
+  augment: str
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     image = record["image"]
     if self.augment == "inception_crop":
       box = inception_crop_box(image.shape[0], image.shape[1], rng)
       image = images.resized_crop(image, box, self.size)
-    else:
-      image = images.resize(image, self.size)
-    if self.augment in ("flip", "inception_crop") and rng.random() < 0.5:
+    if rng.random() < 0.5:
       image = image[:, ::-1]
-    return {"image": np.ascontiguousarray(image), "label": record["label"]}
+    return {**record, "image": np.ascontiguousarray(image)}
 
 
 @dataclasses.dataclass(frozen=True)
