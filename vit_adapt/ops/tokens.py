@@ -184,7 +184,7 @@ def apply_on_active_rows(fn: Callable, rows, mask, *, num_buckets: int = MAX_BUC
   step = int(math.ceil(r / num_buckets))
   fine_step = int(math.ceil(step / num_buckets))
   coarse_caps = tuple(i * step for i in range(num_buckets) if i * step < r)
-  fine_caps = tuple(sorted({int(math.ceil((i + 1) * fine_step / multiple)) * multiple
+  fine_caps = tuple(sorted({min(r, int(math.ceil((i + 1) * fine_step / multiple)) * multiple)
                             for i in range(num_buckets)}))
   # Slots beyond R (padding) let the fine part slice past the last coarse row without clamping.
   idx_all = jnp.concatenate([compact_indices(mask, r), jnp.full((fine_caps[-1],), r, jnp.int32)])
