@@ -7,8 +7,9 @@
                                     padded; every example of the split is counted exactly once over all hosts.
   num_examples / steps_per_epoch    split sizes for schedules.
 
-Per-record work (read, decode, resize, augment) runs in grain's prefetch threads (`config.dataset.num_threads`;
-PIL releases the GIL while decoding and resizing); batches are normalised and mixed vectorised in numpy. Random
+Per-record work (read, decode, resize, augment, normalise) runs in grain's prefetch threads
+(`config.dataset.num_threads`; PIL and numpy release the GIL); the main thread only stacks batches and, when
+configured, mixes them (mixup/cutmix, soft labels). Random
 transforms get the generator grain derives from the seed and the element's position, so the same seed gives the
 same batches, and restoring a saved iterator state (`grain.checkpoint.CheckpointSave/Restore`, or
 `get_state/set_state`) continues exactly where the saved run was.
@@ -60,8 +61,7 @@ def _check_options(config: ml_collections.ConfigDict) -> None:
 
 def _batch_transform(config: ml_collections.ConfigDict, task: Task) -> transforms.BatchTransform:
   d = config.dataset
-  return transforms.BatchTransform(num_classes=sources.num_classes(config, task), normalization=d.normalization,
-                                   mixup=float(d.mixup), cutmix=float(d.cutmix),
+  return transforms.BatchTransform(num_classes=sources.num_classes(config, task), mixup=float(d.mixup), cutmix=float(d.cutmix),
                                    label_smoothing=float(d.label_smoothing))
 
 
@@ -101,6 +101,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
   ds = ds.seed(host_seed).shuffle().repeat(None)  # repeat reshuffles each epoch
   if augment != "none":
     ds = ds.random_map(transforms.Augment(size, augment))
+  ds = ds.map(transforms.Normalize(config.dataset.normalization))
   it = ds.to_iter_dataset(_read_options(config, batch)).batch(batch, drop_remainder=True)
   it = it.random_map(_batch_transform(config, task), seed=host_seed ^ 0x5EED)
   return iter(it)
@@ -147,12 +148,15 @@ class _PaddedShard:
 class _EvalRecord:
   load: transforms.Load
   transform: transforms.EvalTransform
+  normalize: transforms.Normalize
 
   def __call__(self, record: dict) -> dict:
     if record.get("padding"):
       size = self.transform.size
-      return {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0), "mask": np.False_}
-    return {**self.transform(self.load(record)), "mask": np.True_}
+      record = {"image": np.zeros((size, size, 3), np.uint8), "label": np.int32(0), "mask": np.False_}
+    else:
+      record = {**self.transform(self.load(record)), "mask": np.True_}
+    return self.normalize(record)
 
 
 def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *, batch_size: int | None = None,
@@ -172,9 +176,10 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
   num_batches = math.ceil(per_host / batch)
   padded = _PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
   record = _EvalRecord(transforms.Load(sources.num_classes(config, task), task.channel_fix),
-                       transforms.EvalTransform(int(config.model.image_size), config.dataset.augment))
+                       transforms.EvalTransform(int(config.model.image_size), config.dataset.augment),
+                       transforms.Normalize(config.dataset.normalization))
   ds = grain.MapDataset.source(padded).map(record)
-  return ds.to_iter_dataset(_read_options(config, batch)).batch(batch).map(_batch_transform(config, task).eval)
+  return ds.to_iter_dataset(_read_options(config, batch)).batch(batch)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:

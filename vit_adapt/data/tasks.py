@@ -203,6 +203,16 @@ _REGISTRY: dict[str, Task] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_DEMO)}
 VTAB_1K = tuple(t.name for t in _VTAB)
 
 
+def register(task: Task) -> Task:
+  """Adds a task (e.g. a custom tfds dataset or image folder) so configs can name it; names must be new."""
+  if task.name in _REGISTRY:
+    raise UserError(f"task {task.name!r} is already registered.")
+  if task.channel_fix not in CHANNEL_FIXES:
+    raise UserError(f"task {task.name!r}: channel_fix {task.channel_fix!r} not in {CHANNEL_FIXES}.")
+  _REGISTRY[task.name] = task
+  return task
+
+
 def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 

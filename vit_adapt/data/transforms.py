@@ -1,8 +1,8 @@
 """Per-record and per-batch transforms of the input pipelines (pure numpy + PIL, no TensorFlow).
 
 Records flow as dicts: a source yields {'image': encoded bytes | uint8 array | file path, 'label', 'where'}; `Load`
-turns that into {'image': uint8 (H, W, 3), 'label': int32}; a per-record train/eval transform resizes (and augments)
-to (S, S, 3) uint8; batches are normalised to float32 once, vectorised, and mixed (mixup/cutmix) there. Random
+turns that into {'image': uint8 (H, W, 3), 'label': int32}; per-record transforms resize (and augment) to (S, S, 3)
+uint8 and normalise to float32, all in grain's reader threads; batches get soft labels and mixup/cutmix. Random
 transforms take the `np.random.Generator` grain derives from the pipeline seed and the record's position, so a run
 is reproducible and a restored iterator continues with the same randomness.
 """
@@ -151,15 +151,25 @@ def cutmix_box(size: int, lam: float, rng: np.random.Generator) -> tuple[int, in
 
 
 @dataclasses.dataclass(frozen=True)
+class Normalize:
+  """uint8 image -> float32 by `config.dataset.normalization`, per record so it runs in the reader threads
+  (numpy releases the GIL): the main thread only stacks batches."""
+
+  mode: str = "minus_one_one"
+
+  def __call__(self, record: dict) -> dict:
+    return {**record, "image": images.normalize(record["image"], self.mode)}
+
+
+@dataclasses.dataclass(frozen=True)
 class BatchTransform:
-  """Stacked uint8 batch -> normalised float32 batch, plus soft labels and mixup/cutmix when configured.
+  """Soft labels for a stacked float32 batch, with mixup/cutmix when configured (a grain `random_map` callable).
 
   Mixing pairs each example with the batch reversed (timm's 'batch' mode); with both mixup and cutmix on, each
   batch uses one of them with probability 1/2. Normalisation is affine, so mixing after it equals mixing pixels.
   """
 
   num_classes: int
-  normalization: str = "minus_one_one"
   mixup: float = 0.0        # Beta(alpha, alpha) concentration; 0 = off
   cutmix: float = 0.0       # Beta(alpha, alpha) concentration; 0 = off
   label_smoothing: float = 0.0
@@ -169,8 +179,7 @@ class BatchTransform:
     return self.mixup > 0 or self.cutmix > 0 or self.label_smoothing > 0
 
   def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
-    out = {"image": images.normalize(batch["image"], self.normalization),
-           "label": np.asarray(batch["label"], np.int32)}
+    out = {"image": batch["image"], "label": np.asarray(batch["label"], np.int32)}
     if not self.soft_labels:
       return out
     soft = smooth_one_hot(out["label"], self.num_classes, self.label_smoothing)
@@ -191,8 +200,3 @@ class BatchTransform:
       soft = lam * soft + (1.0 - lam) * soft[::-1]
     out["soft_label"] = soft.astype(np.float32)
     return out
-
-  def eval(self, batch: dict) -> dict:
-    """Evaluation batches: normalise only (labels stay hard, the mask passes through)."""
-    return {**batch, "image": images.normalize(batch["image"], self.normalization),
-            "label": np.asarray(batch["label"], np.int32)}
