@@ -188,15 +188,16 @@ class BatchTransform:
       mode = modes[int(rng.integers(len(modes)))]
       lam = float(rng.beta(getattr(self, mode), getattr(self, mode)))
       x = out["image"]
-      if mode == "mixup":
-        x = lam * x + (1.0 - lam) * x[::-1]
+      if mode == "mixup":  # in place: chained float expressions on big temporaries are slow in NumPy
+        x = x * np.float32(lam)
+        x += np.float32(1.0 - lam) * out["image"][::-1]
       else:
         size = x.shape[1]
         y0, y1, x0, x1 = cutmix_box(size, lam, rng)
         x = x.copy()
         x[:, y0:y1, x0:x1] = out["image"][::-1, y0:y1, x0:x1]
         lam = 1.0 - (y1 - y0) * (x1 - x0) / (size * size)  # the area actually pasted
-      out["image"] = x.astype(np.float32)
+      out["image"] = x.astype(np.float32, copy=False)
       soft = lam * soft + (1.0 - lam) * soft[::-1]
     out["soft_label"] = soft.astype(np.float32)
     return out
