@@ -53,7 +53,7 @@ def architecture_contradictions(info: dict, config) -> list[str]:
     fix = " ".join(f"--config.model.{k}={info[k]}" for k in differ if k != "patch_size")
     named = merge.variant_name(info)
     hint = f"--config.model.variant={named}" if "/" in named else fix
-    if "/" in named and "depth" in differ and vit._DEPTH[named.split("/")[0]] != info["depth"]:  # pylint: disable=protected-access
+    if "/" in named and "depth" in differ:
       hint += f" --config.model.depth={info['depth']}"
     problems.append(f"the checkpoint is a ViT with {have}; the config builds {m.variant} "
                     f"({', '.join(f'{k}={getattr(want, k)}' for k in differ)}). Pass {hint or fix}.")

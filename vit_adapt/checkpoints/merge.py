@@ -65,12 +65,12 @@ def describe(flat_params: dict) -> dict:
 
 
 def variant_name(info: dict) -> str:
-  """Best-effort big_vision variant name ('B/16') of a described tree, or a width/depth description."""
+  """Best-effort big_vision variant name ('B/16') from width, heads and MLP width (depth can be overridden)."""
   from vit_adapt.models import vit
   for name, width in vit._WIDTH.items():  # pylint: disable=protected-access
-    if (width == info.get("width") and vit._DEPTH[name] == info.get("depth")  # pylint: disable=protected-access
-        and info.get("num_heads", vit._HEADS[name]) == vit._HEADS[name]):  # pylint: disable=protected-access
-      return f"{name}/{info.get('patch_size')}"
+    if (width == info.get("width") and info.get("num_heads", vit._HEADS[name]) == vit._HEADS[name]  # pylint: disable=protected-access
+        and info.get("mlp_dim", vit._MLP[name]) == vit._MLP[name] and "patch_size" in info):  # pylint: disable=protected-access
+      return f"{name}/{info['patch_size']}"
   return ", ".join(f"{k} {info[k]}" for k in ("width", "depth", "num_heads", "mlp_dim", "patch_size") if k in info)
 
 
