@@ -159,6 +159,13 @@ def _fmt(x: float, digits: int = 1) -> str:
   return DASH if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _fmt_sig(x: float) -> str:
+  """Two decimals from 1 up (17.56), three significant digits below (0.0326 for a demo-sized model)."""
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    return DASH
+  return f"{x:.2f}" if abs(x) >= 1 else f"{x:.3g}"
+
+
 def _fmt_cell(stats: tuple[float, float, int]) -> str:
   mean, std, n = stats
   if not n:
@@ -203,7 +210,7 @@ def markdown(table: list[dict], columns: list[str]) -> str:
       cells += [_fmt_partial(t["mean"]), _fmt_partial(t["group_mean"])]
     elif len(other) > 1:
       cells += [_fmt_partial(t["mean"])]
-    cells += [_fmt(t["params_m"], 3), _fmt(t["gmacs"], 2), _fmt(t["throughput"], 1)]
+    cells += [_fmt(t["params_m"], 3), _fmt_sig(t["gmacs"]), _fmt(t["throughput"], 1)]
     lines.append("| " + " | ".join(cells) + " |")
   notes = ["", "Top-1 test accuracy (%) of the final model, mean ± sample std over seeds where several ran; "
            f"'{DASH}' = no result."]

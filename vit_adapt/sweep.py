@@ -59,8 +59,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> list[sweep_grid.Run]:
+  from vit_adapt.data import tasks as tasks_lib
   refs = [sweep_grid.ConfigRef.parse(c) for c in configs]
-  runs = sweep_grid.expand(refs, sweep_grid.parse_tasks(tasks), sweep_grid.parse_grid(grid),
+  task_names = sweep_grid.parse_tasks(tasks)
+  for name in task_names:
+    tasks_lib.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
+  runs = sweep_grid.expand(refs, task_names, sweep_grid.parse_grid(grid),
                            sweep_grid.parse_overrides(overrides))
   i, n = shard
   return runs[i::n]

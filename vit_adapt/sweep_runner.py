@@ -117,7 +117,7 @@ class Runner:
         rec = state.add(run.name, dict(
             dir=self.run_dir(run), task=run.task, config=run.config, config_label=run.config_label, point=run.point,
             command=" ".join(job.command), log=os.path.join(job.log_dir, sweep_state.LOG), status="pending",
-            device=None, slot=None, started=None, finished=None, wall_s=None, returncode=None,
+            device=None, slot=None, pid=None, started=None, finished=None, wall_s=None, returncode=None,
             shared_group=job.log_dir if len(job.runs) > 1 else None))
         if self.is_done(run):
           rec["status"] = "done"
@@ -183,7 +183,7 @@ class Runner:
     now = time.time()
     for run in job.runs:
       rec = self.state.runs[run.name]
-      rec.update(status="running", device=env["VIT_ADAPT_SWEEP_DEVICE"], slot=slot.key,
+      rec.update(status="running", device=env["VIT_ADAPT_SWEEP_DEVICE"], slot=slot.key, pid=proc.pid,
                  started=time.strftime("%Y-%m-%d %H:%M:%S"), finished=None, wall_s=None, returncode=None)
       rec["attempts"] += 1
       rec["history"].append({"device": rec["device"], "slot": slot.key, "started": now})
