@@ -5,6 +5,7 @@ from vit_adapt.methods import adapter, linear, lora, vpt  # noqa: F401  (registr
 from vit_adapt.methods import dyt  # noqa: F401  (registration)
 from vit_adapt.methods import sparse_tuning  # noqa: F401  (registration)
 from vit_adapt.methods import met  # noqa: F401  (registration)
+from vit_adapt.methods import synqt  # noqa: F401  (registration)
 from vit_adapt.methods.base import Method, get, names, split_params, merge_params  # noqa: F401
 
 
