@@ -1,0 +1,143 @@
+"""DyT inference benchmark: images/s and GMACs of the dense ViT and of DyT `threshold` / `capacity` inference.
+
+  python experiments/bench_dyt.py [--variant=B/16] [--batch=8] [--rounds=7] [--rate=0.5]
+
+One run, one device, one batch size. ViT-B/16 at 224 with random weights; the DyT routers get per-layer biases
+calibrated on the benchmark batch so that `rate` of the patch tokens are active in every layer (what a trained
+router with target rate 0.5 does on average; the official speed script instead times an untrained router, ~50% by
+chance). Timing: each program is compiled ahead of time and warmed up, then the modes are timed in interleaved
+rounds (so background load hits them alike) and the median per mode is reported.
+
+GMACs columns: `paper` = per-image multiply-adds counted like the DyT paper (fvcore: matmuls incl. attention, convs
+and LayerNorm; dyt_flops), averaged over the batch; `compiled` = dot/conv multiply-adds of the compiled program per
+image (efficiency_lib; not meaningful for `threshold`, whose program contains every bucket branch, so the rows its
+MLPs actually computed are reported instead). The check printed at the end is the issue's target:
+speedup >= 0.9 x dense GMACs / DyT GMACs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vit_adapt import efficiency_lib
+from vit_adapt.methods import base, dyt
+from vit_adapt.models import vit
+
+
+def build(variant, image_size, num_classes, **method):
+  mc = ml_collections.ConfigDict(dict(variant=variant, image_size=image_size, dtype="float32", pool="tok",
+                                      dropout=0.0, drop_path=0.0, head_init_std=0.01))
+  kw = vit.backbone_kwargs(mc, num_classes)
+  dense = vit.VisionTransformer(**kw)
+  c = dyt.defaults()
+  c.update(method)
+  kw.update(dyt.model_kwargs(c, kw))
+  return dense, dyt.DyTVisionTransformer(**kw)
+
+
+def calibrate_router_bias(model, params, x, rate, iters=4):
+  """Per-layer router biases so that `rate` of the patch tokens of `x` are active in every layer (masked eval)."""
+  fwd = jax.jit(model.apply)
+  flat = base.flatten(params)
+  for _ in range(iters):
+    _, out = fwd({"params": base.unflatten(flat)}, x)
+    logits = np.asarray(out["dyt_logits"])  # (B, depth, N-1)
+    for i in range(logits.shape[1]):
+      key = f"Transformer/encoderblock_{i}/router/bias"
+      flat[key] = flat[key] - np.quantile(logits[:, i], 1.0 - rate)
+  return base.unflatten(flat)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--variant", default="B/16")
+  p.add_argument("--image_size", type=int, default=224)
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--rounds", type=int, default=7)
+  p.add_argument("--rate", type=float, default=0.5)
+  p.add_argument("--classes", type=int, default=100)
+  a = p.parse_args()
+
+  dense, masked = build(a.variant, a.image_size, a.classes, inference="masked")
+  _, threshold = build(a.variant, a.image_size, a.classes, inference="threshold")
+  _, capacity = build(a.variant, a.image_size, a.classes, inference="capacity", capacity_rate=a.rate)
+  x = jax.random.normal(jax.random.PRNGKey(0), (a.batch, a.image_size, a.image_size, 3))
+  params = jax.jit(masked.init)({"params": jax.random.PRNGKey(1)}, x[:1])["params"]
+  # Non-zero adapters (the up-projection starts at zero), as after training.
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, v: v + 0.01 * jax.random.normal(jax.random.PRNGKey(2), v.shape)
+      if "adapter" in jax.tree_util.keystr(path) else v, params)
+  params = calibrate_router_bias(masked, params, x, a.rate)
+  dense_params = {k: v for k, v in params.items()}
+  dense_params["Transformer"] = {k: ({n: w for n, w in v.items() if n not in ("router", "adapter")}
+                                     if k.startswith("encoderblock_") else v)
+                                 for k, v in params["Transformer"].items()}
+
+  def fn(model, p):
+    return lambda images: model.apply({"params": p}, images)[0]
+
+  modes = {"dense ViT": (dense, dense_params), "DyT threshold": (threshold, params),
+           "DyT capacity": (capacity, params), "DyT masked": (masked, params)}
+  compiled, rows = {}, {}
+  for name, (model, p) in modes.items():
+    t0 = time.perf_counter()
+    compiled[name] = jax.jit(fn(model, p)).lower(x).compile()
+    print(f"compiled {name} in {time.perf_counter() - t0:.0f}s", flush=True)
+
+  stats = {}
+  for name, (model, p) in modes.items():
+    if model is dense:
+      continue
+    _, out = jax.jit(model.apply)({"params": p}, x)
+    stats[name] = dict(rate=float(jnp.mean(out["activation_rate"])), paper=float(jnp.mean(out["gmacs"])),
+                       rows=int(np.sum(out["dyt_rows"])), active=int(np.sum(out["dyt_tokens"])))
+  cfg = dict(width=dense.width, depth=dense.depth, mlp_dim=dense.mlp_dim, patch_size=dense.patch_size,
+             num_patches=dense.num_patches, num_classes=a.classes)
+  from vit_adapt.methods import dyt_flops
+  stats["dense ViT"] = dict(rate=1.0, paper=dyt_flops.dense_vit_macs(**cfg) / 1e9, rows=None, active=None)
+  for name in modes:
+    stats[name]["compiled"] = efficiency_lib.hlo_macs(compiled[name].as_text()) / a.batch / 1e9
+
+  for c in compiled.values():  # warm-up
+    for _ in range(2):
+      jax.block_until_ready(c(x))
+  times = {n: [] for n in modes}
+  for _ in range(a.rounds):
+    for n, c in compiled.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(c(x))
+      times[n].append(time.perf_counter() - t0)
+
+  ips = {n: a.batch / statistics.median(t) for n, t in times.items()}
+  print(f"\nDyT inference benchmark: {a.variant} at {a.image_size}px, batch {a.batch}, float32, "
+        f"device {efficiency_lib.device_description()}, median of {a.rounds} interleaved rounds, "
+        f"router calibrated to {a.rate:.2f} active\n")
+  print("| mode | activation | GMACs (paper) | GMACs (compiled) | MLP rows computed / active | images/s | speedup "
+        "| target 0.9 x GMACs ratio |")
+  print("|---|---|---|---|---|---|---|---|")
+  ok = True
+  for n in modes:
+    s = stats[n]
+    speed = ips[n] / ips["dense ViT"]
+    ratio = stats["dense ViT"]["paper"] / s["paper"]
+    compiled_s = "all branches" if n == "DyT threshold" else f"{s['compiled']:.2f}"
+    rows_s = f"{s['rows']} / {s['active']}" if s["rows"] is not None else "-"
+    target = "-" if n in ("dense ViT", "DyT masked") else f"{0.9 * ratio:.2f}"
+    if n in ("DyT threshold", "DyT capacity"):
+      met = speed >= 0.9 * ratio
+      ok &= met
+      target += " met" if met else " NOT met"
+    print(f"| {n} | {s['rate']:.3f} | {s['paper']:.2f} | {compiled_s} | {rows_s} | {ips[n]:.2f} | {speed:.2f}x "
+          f"| {target} |")
+  print(f"\nall targets met: {ok}")
+
+
+if __name__ == "__main__":
+  main()
