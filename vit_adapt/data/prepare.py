@@ -19,9 +19,13 @@ from vit_adapt.data import tasks as tasks_lib
 from vit_adapt.errors import UserError, cli_main
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("task", None, "vtab/<task>, a complete dataset name, or 'all' (the 19 VTAB-1k tasks).")
-flags.DEFINE_string("data_dir", None, "tfds data dir to prepare into (config.dataset.data_dir).")
-flags.DEFINE_bool("dry_run", False, "Only print what would be prepared.")
+
+
+def define_flags() -> None:
+  """CLI flags, defined only when run as a program so importing this module (tests, other CLIs) adds none."""
+  flags.DEFINE_string("task", None, "vtab/<task>, a complete dataset name, or 'all' (the 19 VTAB-1k tasks).")
+  flags.DEFINE_string("data_dir", None, "tfds data dir to prepare into (config.dataset.data_dir).")
+  flags.DEFINE_bool("dry_run", False, "Only print what would be prepared.")
 
 # Datasets whose source files must be placed by hand, keyed by the tfds name prefix: (what, where in manual dir).
 MANUAL_DOWNLOADS = {
@@ -126,4 +130,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(cli_main(main))
