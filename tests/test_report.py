@@ -93,7 +93,9 @@ def test_plots_and_budget_curves(sweep_dir):
   # A budget curve written next to a run (vit_adapt.curve's CSV: one line per budget).
   run = os.path.join(sweep_dir, "vtab", "dtd", "dyt_vtab", "method.keep=0.9,seed=0")
   with open(os.path.join(run, "curve.csv"), "w") as f:
-    f.write("budget,gmacs,top1\n0.3,8.0,0.61\n0.6,11.0,0.69\n1.0,17.5,0.75\n")
+    f.write("method,label,kind,knob,value,gmacs,accuracy,detail\n"
+            "dyt,r,sweep,capacity_rate,0.3,8.0,0.61,\ndyt,r,sweep,capacity_rate,0.6,11.0,0.69,\n"
+            "dyt,r,exit,exit,1,5.0,0.30,single exit\ndyt,r,sweep,capacity_rate,1.0,17.5,0.75,\n")
   rep = report.make_report(sweep_dir)
   pngs = [p for p in rep["files"] if p.endswith(".png")]
   assert [os.path.basename(p) for p in pngs] == ["accuracy_vs_gmacs.png", "per_task.png"]

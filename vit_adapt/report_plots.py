@@ -3,8 +3,9 @@
   accuracy_vs_gmacs.png   mean top-1 over the tasks a row has vs GMACs per image: one point per table row; rows of
                           the same method that differ in a grid value (a budget knob such as a keep rate) are
                           joined into a curve in GMACs order, and budget curves written by `vit_adapt.curve`
-                          (`curve*.csv` in run directories: one line per budget with `gmacs` and `top1`) are
-                          drawn as dashed curves, averaged over the runs of a row
+                          into a run directory (`python -m vit_adapt.curve --checkpoint=RUN --output=RUN/curve`:
+                          `curve*.csv`, one line per knob value with `gmacs` and `accuracy`) are drawn as dashed
+                          curves, averaged over the runs of a row
   per_task.png            grouped bars: per task, one bar per row (mean over seeds, sample-std error bars)
 
 Both state the device, dtype and batch size of the efficiency numbers.
@@ -43,6 +44,8 @@ def _read_curve(path: str) -> list[tuple[float, float]]:
   ak = next((k for k in keys if k.lower() in ("top1", "accuracy", "acc")), None)
   if gk is None or ak is None:
     return []
+  if "kind" in keys:  # vit_adapt.curve also writes single points (e.g. MET's individual exits): keep the sweep
+    rows = [r for r in rows if r.get("kind") in ("sweep", "")]
   pts = []
   for r in rows:
     try:
