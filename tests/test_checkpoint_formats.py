@@ -263,6 +263,15 @@ def test_timm_to_params_reports_leftover(reference):
       192, 3, 64)
 
 
+def test_timm_posemb_without_class_slot_gets_a_zero_slot():
+  pe = np.random.RandomState(0).normal(size=(1, 196, 8)).astype(np.float32)
+  params, _ = timm_vit.timm_to_params({"pos_embed": pe}, num_heads=2)
+  got = params["Transformer"]["posembed_input"]["pos_embedding"]
+  assert got.shape == (1, 197, 8)
+  np.testing.assert_array_equal(got[:, 0], 0)
+  np.testing.assert_array_equal(got[:, 1:], pe)
+
+
 def test_unknown_names_are_reported_together(reference, tmp_path):
   sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in reference["sd"].items()}
   sd["blocks.0.ls1.gamma"] = torch.ones(192)

@@ -139,7 +139,7 @@ def load_model_dir(path: str):
     raise UserError(f"could not restore the variables of {directory} ({type(e).__name__}: {e}).") from None
   stored = _to_numpy(dict(stored))
   if meta["scope"] == "full":
-    _check_structure(directory, stored, _abstract_variables(model, config))
+    _check_structure(directory, stored, _abstract_variables(model, method, config))
     return config, model, method, stored
   variables = methods.init_variables(model, method, config)
   params = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
@@ -151,11 +151,13 @@ def load_model_dir(path: str):
   return config, model, method, variables
 
 
-def _abstract_variables(model, config):
+def _abstract_variables(model, method, config):
   import jax
   import jax.numpy as jnp
   size = config.model.image_size
-  return jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3), jnp.float32))
+  rng = jax.random.PRNGKey(0)
+  rngs = {"params": rng, "dropout": rng, **{s: rng for s in method.rng_streams}}
+  return jax.eval_shape(model.init, rngs, jnp.zeros((1, size, size, 3), jnp.float32))
 
 
 def _check_structure(directory, stored, expected, flat: bool = False) -> None:

@@ -82,6 +82,11 @@ def _transform(kind: str, w: np.ndarray, num_heads: int) -> np.ndarray:
     d = w.shape[1]
     return linear_kernel(w).reshape(num_heads, d // num_heads, w.shape[0])
   if kind == "posemb":
+    # timm's `no_embed_class` ViTs (like big_vision) give the class token no position embedding: their
+    # pos_embed is (1, g*g, D) with no class slot. A zero slot computes the same thing in our layout.
+    n = w.shape[1]
+    if int(round(np.sqrt(n))) ** 2 == n:
+      return np.concatenate([np.zeros_like(w[:, :1]), w], axis=1)
     return np.asarray(w)
   raise ValueError(kind)
 
