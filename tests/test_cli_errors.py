@@ -113,6 +113,17 @@ def test_unknown_source_lists_valid_ones(files):
                        "npz", "timm", "official-")
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--config=configs/no_such_config.py"], "No such file"),
+    (["--config=configs/linear_vtab.py:demo", "--config.model.no_such_field=1"], "no field 'no_such_field'"),
+    (["--config=configs/linear_vtab.py:demo,no_such_arg=1"], "unknown config argument 'no_such_arg'"),
+    (["--config=configs/linear_vtab.py:demo", "--no_such_flag"], "Unknown command line flag 'no_such_flag'"),
+])
+def test_bad_command_line(files, args, needle):
+  assert_clean_failure(run("convert", "--source=npz", f"--checkpoint={files['good']}", *args,
+                           f"--out={files['dir'] / 'o8'}"), needle)
+
+
 # ---------------------------------------------------------------------------------------------- predict
 
 def test_missing_model_dir(files):

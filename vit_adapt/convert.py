@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vit_adapt.checkpoints.export import quiet_orbax
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt.errors import UserError, cli_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -157,4 +157,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 from absl import app, flags, logging
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt.errors import UserError, cli_main, parse_flags
 
 FLAGS = flags.FLAGS
 
@@ -177,4 +177,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
