@@ -145,3 +145,20 @@ def test_cli_convert_then_predict_images(google_file, tmp_path):
   config, model, _, variables = export.load_model_dir(str(out))
   pixels = np.stack([images_lib.resize(images_lib.decode(str(folder / f"img{i}.png")), 32) for i in range(3)])
   np.testing.assert_allclose(logits, direct_logits(model, variables, config, pixels), rtol=1e-5, atol=1e-6)
+
+
+def test_trainable_scope_with_relative_backbone_path(google_file, tmp_path, monkeypatch):
+  """A run's model/ keeps working from another directory although its config names the backbone relatively."""
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config("adapter")
+  config.model.init = os.path.relpath(google_file[0], tmp_path)
+  model, method = methods.build_model(config)
+  variables = methods.init_variables(model, method, config)
+  export.save_model_dir("run/model", config, variables, scope="trainable")
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  monkeypatch.chdir(elsewhere)
+  loaded_config, _, _, loaded = export.load_model_dir(str(tmp_path / "run"))
+  assert loaded_config.model.init == google_file[0]
+  for a, b in zip(jax.tree_util.tree_leaves(loaded["params"]), jax.tree_util.tree_leaves(variables["params"])):
+    np.testing.assert_array_equal(a, b)

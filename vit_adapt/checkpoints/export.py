@@ -80,6 +80,10 @@ def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables:
           "num_params": int(sum(np.prod(np.shape(x)) for x in traverse_util.flatten_dict(
               dict(stored.get("params", {}))).values())),
           "versions": _versions(), **(meta or {})}
+  if config.model.get("init") and os.path.exists(config.model.init):
+    # A trainable-scope directory rebuilds its backbone from model.init: remember where it was, so a relative
+    # path still resolves when the directory is used from another working directory.
+    info["model_init_abspath"] = os.path.abspath(config.model.init)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(directory, "variables"), _to_numpy(stored), force=True)
   ckptr.wait_until_finished()
@@ -141,6 +145,9 @@ def load_model_dir(path: str):
   if meta["scope"] == "full":
     _check_structure(directory, stored, _abstract_variables(model, method, config))
     return config, model, method, stored
+  init = config.model.get("init")
+  if init and not os.path.exists(init) and os.path.exists(meta.get("model_init_abspath", "")):
+    config.model.init = meta["model_init_abspath"]
   variables = methods.init_variables(model, method, config)
   params = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
   trained = traverse_util.flatten_dict(dict(stored.pop("params", {})), sep="/")
