@@ -208,3 +208,11 @@ def test_not_a_vit_checkpoint(tmp_path):
   np.savez(path, w=np.zeros(3))
   with pytest.raises(UserError, match="not a ViT checkpoint"):
     checkpoints.load_backbone(str(path), random_backbone(), config=None)
+
+
+def test_bfloat16_safetensors_read_as_float32(tmp_path):
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import save_file
+  save_file({"w": torch.tensor([1.5, -2.0], dtype=torch.bfloat16)}, str(tmp_path / "bf16.safetensors"))
+  w = readers.read_tensors(str(tmp_path / "bf16.safetensors"))["w"]
+  assert w.dtype == np.float32 and w.tolist() == [1.5, -2.0]

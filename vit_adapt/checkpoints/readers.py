@@ -42,13 +42,15 @@ def read_npz(path: str) -> Tensors:
 
 
 def read_safetensors(path: str) -> Tensors:
-  """A `.safetensors` file through `safetensors.numpy` (no torch needed)."""
+  """A `.safetensors` file through `safetensors.numpy` (no torch needed); bfloat16 tensors become float32."""
+  import ml_dtypes  # registers numpy's 'bfloat16' type name, which safetensors.numpy looks up
   from safetensors.numpy import load_file
   try:
-    return dict(load_file(path))
+    tensors = dict(load_file(path))
   except Exception as e:  # safetensors raises its own SafetensorError / OSError on a bad header or size
     raise UserError(f"{path} is not a readable .safetensors file ({type(e).__name__}: {e}). "
                     "Is it truncated? Download it again.") from None
+  return {k: v.astype(np.float32) if v.dtype == ml_dtypes.bfloat16 else v for k, v in tensors.items()}
 
 
 def read_torch(path: str) -> Tensors:
