@@ -1,0 +1,46 @@
+r"""MET (Multiple-Exit Tuning) on a VTAB-1k task.
+
+The paper (arXiv 2409.13999) has no public code; every choice it leaves open is ours (docs/met.md): exits after
+blocks 4, 6, 8, 10, 12 of a frozen ViT-B/16 ImageNet-21k at 224 px, each an LN + linear head on the class token
+(the last one is the backbone's final norm + head); E-adapters (bottleneck 8, GELU, scale 0.1) parallel to every
+MLP with down/up projections shared by all exits and an exit-specific r x r map M_k + scale s_k on the class
+token; loss = sum of the 5 exit cross-entropies + 0.1 x label-graph regulariser on the early exits. AdamW lr 1e-3,
+weight decay 1e-4, batch 64, 100 epochs (10 warmup, cosine to 1e-5); train800val200 -> test, no augmentation.
+
+Train, calibrate the exit thresholds for a budget, sweep the accuracy-vs-GMACs curve:
+
+  python -m vit_adapt.main --config=configs/met_vtab.py:task=vtab/dtd \
+      --config.model.init=weights/ViT-B_16.npz --workdir=runs/met/dtd
+  python -m vit_adapt.met_calibrate --checkpoint=runs/met/dtd --budget=0.6
+  python -m vit_adapt.curve --checkpoint=runs/met/dtd --output=runs/met/dtd/curve
+
+For thresholds from data the model has not trained on, train on train800 first
+(`--config.dataset.split=train800 --config.dataset.eval_split=val200`), calibrate on val200, and copy
+`config.method.thresholds` into the train800val200 run (met_calibrate records which split it used).
+
+Demo (embedded digits, random-init frozen Ti/4 backbone at 32 px with 4 blocks, exits after blocks 1-4, CPU):
+
+  python -m vit_adapt.main --config=configs/met_vtab.py:demo --workdir=/tmp/met_demo
+
+prints, after about 4 minutes on 2 busy CPU cores, {"task": "demo/digits", "method": "met", "top1": 0.97...,
+"trainable_params": 17..., ...}; then
+
+  python -m vit_adapt.met_calibrate --checkpoint=/tmp/met_demo --budget=0.6
+  python -m vit_adapt.curve --checkpoint=/tmp/met_demo --output=/tmp/met_demo/curve
+
+(see docs/met.md for the tables and the plot they print).
+"""
+
+from vit_adapt import config_lib
+
+
+def get_config(arg=None):
+  config, args = config_lib.make_config("met", arg)
+  config.method.graph_weight = 0.1
+  if args["demo"]:
+    config.method.exits = (1, 2, 3, 4)  # the demo backbone has 4 blocks
+  else:
+    # The Google ViT-B/16 ImageNet-21k weights all four papers start from (README: "Get the weights").
+    config.model.init = "weights/ViT-B_16.npz"
+    config.train.keep_last_partial = True
+  return config

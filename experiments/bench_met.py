@@ -1,0 +1,114 @@
+r"""MET early-exit inference vs the full network: images/s at the same batch size, against the GMACs ratio.
+
+  python experiments/bench_met.py                       # B/16 at 224, batch 16, budget 0.6 (about 10 min on CPU)
+  python experiments/bench_met.py --variant=Ti/16 --batch=64 --budget=0.5 --batches=4
+
+Random weights (no download): the backbone is the seeded random init; exit heads and E-adapter up-projections
+get random weights so that exit confidences differ from image to image. Thresholds are calibrated
+(`met_calibrate.thresholds_for_budget`) on the benchmark images themselves so that their average cost is the
+requested fraction of the full network's GMACs (from the compiled per-stage costs). Then, on each batch, the
+compiled full network (`inference='last'`), the dense reference (every exit runs, the first confident one is
+picked: `inference='dense_select'`) and the early-exit pass (`inference='early_exit'`, work really skipped)
+are timed alternately; per batch the median of `--repeats` calls counts, and images/s is over all batches.
+The last column compares the speedup with the ideal one (full GMACs / average GMACs); 1.0 = the saving in
+multiply-adds turns fully into wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from vit_adapt import config_lib, efficiency_lib, met_calibrate, methods  # noqa: E402
+from vit_adapt.methods import base, met_exit  # noqa: E402
+
+
+def build(variant: str, image_size: int, num_buckets: int, seed: int = 0):
+  c, _ = config_lib.make_config("met", f"seed={seed}")
+  c.model.update(variant=variant, image_size=image_size)
+  c.method.num_buckets = num_buckets
+  model, method = methods.build_model(c)
+  params = base.flatten(methods.init_variables(model, method, c)["params"])
+  key = jax.random.PRNGKey(seed + 1)
+  for name in sorted(params):
+    if name.endswith(("head/kernel", "up/kernel")):
+      key, sub = jax.random.split(key)
+      params[name] = jax.random.normal(sub, params[name].shape) * (0.05 if "up" in name else 0.3)
+  return model, {"params": base.unflatten(params)}
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--variant", default="B/16")
+  ap.add_argument("--image_size", type=int, default=224)
+  ap.add_argument("--batch", type=int, default=16)
+  ap.add_argument("--batches", type=int, default=4, help="benchmark batches (the calibration set is all of them)")
+  ap.add_argument("--budget", type=float, default=0.6, help="target average GMACs as a fraction of the full net")
+  ap.add_argument("--num_buckets", type=int, default=8)
+  ap.add_argument("--repeats", type=int, default=3)
+  args = ap.parse_args()
+
+  model, variables = build(args.variant, args.image_size, args.num_buckets)
+  costs = model.exit_gmacs
+  images = jax.random.normal(jax.random.PRNGKey(7), (args.batches, args.batch, args.image_size,
+                                                      args.image_size, 3))
+
+  dense = model.clone(thresholds=(), inference="last")
+  probe = jax.jit(lambda v, x: met_exit.confidence(dense.apply(v, x)[1]["exit_logits"], model.confidence))
+  conf = np.concatenate([np.asarray(probe(variables, x), np.float64) for x in images], axis=1)
+  thresholds, _ = met_calibrate.thresholds_for_budget(conf, costs, args.budget * costs[-1])
+  exit_idx = met_calibrate.exits_taken(conf, thresholds)
+  avg = met_calibrate.average_cost(exit_idx, costs)
+
+  fns = {
+      "full network": jax.jit(lambda v, x: dense.apply(v, x)[0]),
+      "dense select (all exits, no skipping)": jax.jit(
+          lambda v, x: model.clone(thresholds=thresholds, inference="dense_select").apply(v, x)[0]),
+      "early exit (skips work)": jax.jit(
+          lambda v, x: model.clone(thresholds=thresholds, inference="early_exit").apply(v, x)[0]),
+  }
+  compiled, compile_s = {}, {}
+  for name, fn in fns.items():
+    t0 = time.perf_counter()
+    compiled[name] = fn.lower(variables, images[0]).compile()
+    compile_s[name] = time.perf_counter() - t0
+    jax.block_until_ready(compiled[name](variables, images[0]))  # warm-up
+
+  per_batch = {name: [[] for _ in range(args.batches)] for name in compiled}
+  for _ in range(args.repeats):
+    for b in range(args.batches):
+      for name, fn in compiled.items():  # alternate, so load changes on a shared machine hit all modes alike
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(variables, images[b]))
+        per_batch[name][b].append(time.perf_counter() - t0)
+  seconds = {name: sum(statistics.median(t) for t in ts) for name, ts in per_batch.items()}
+
+  n = args.batch * args.batches
+  full_s = seconds["full network"]
+  print(f"device: {efficiency_lib.device_description()}; ViT-{args.variant} at {args.image_size} px, "
+        f"exits after blocks {model.exits}, batch size {args.batch}, {args.batches} batches, "
+        f"median of {args.repeats} calls per batch, {args.num_buckets} capacity buckets per stage")
+  print(f"exit costs (GMACs, cumulative): {', '.join(f'{c:.3f}' for c in costs)}")
+  print(f"exit shares on these images: {', '.join(f'{np.mean(exit_idx == k):.3f}' for k in range(len(costs)))}")
+  print()
+  print("| mode | images/s | avg GMACs/image | GMACs ratio (full/avg) | speedup vs full | speedup / GMACs ratio |"
+        " compile s |")
+  print("|---|---|---|---|---|---|---|")
+  for name, s in seconds.items():
+    g = costs[-1] if name != "early exit (skips work)" else avg
+    ratio = costs[-1] / g
+    print(f"| {name} | {n / s:.2f} | {g:.3f} | {ratio:.3f} | {full_s / s:.3f} | {full_s / s / ratio:.3f} | "
+          f"{compile_s[name]:.1f} |")
+
+
+if __name__ == "__main__":
+  main()
