@@ -103,6 +103,9 @@ def early_exit_forward(model, images, thresholds):
   return final, exit_idx
 
 
+_NOT_COST = ("exit_gmacs", "thresholds", "inference", "confidence", "num_buckets")
+
+
 @functools.lru_cache(maxsize=32)
 def _exit_costs(model_cls, items: tuple) -> tuple[float, ...]:
   model = model_cls(**dict(items))
@@ -126,5 +129,6 @@ def _exit_costs(model_cls, items: tuple) -> tuple[float, ...]:
 
 def exit_costs(model_cls, kwargs: dict) -> tuple[float, ...]:
   """Cumulative GMACs per example of stopping at each exit, from the compiled stem and stages (cached)."""
-  kwargs = {k: v for k, v in kwargs.items() if k != "exit_gmacs"}
+  # Inference settings do not change what a stage computes: leave them out of the cache key.
+  kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_COST}
   return _exit_costs(model_cls, tuple(sorted(kwargs.items())))
