@@ -70,6 +70,9 @@ def test_expansion_names_and_commands():
   # Without --tasks each config keeps its own task; an empty grid gives one run named 'default'.
   (r,) = sweep.make_runs(["configs/adapter_vtab.py:task=vtab/dtd"], "", "", "")
   assert r.name == "vtab/dtd/adapter_vtab/default" and r.config == "configs/adapter_vtab.py:task=vtab/dtd"
+  # A config that picks its own task (':demo' -> demo/digits) is named after it and run as written.
+  (r,) = sweep.make_runs(["configs/linear_vtab.py:demo"], "", "", "")
+  assert r.name == "demo/digits/linear_vtab-demo/default" and r.config == "configs/linear_vtab.py:demo"
   with pytest.raises(UserError, match="not found"):
     sweep.make_runs(["configs/nope.py"], "", "", "")
   with pytest.raises(UserError, match="both in --grid and in --overrides"):

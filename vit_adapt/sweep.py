@@ -58,12 +58,25 @@ def parse_shard(text: str) -> tuple[int, int]:
   return i, n
 
 
+def _config_task(ref: sweep_grid.ConfigRef) -> str | None:
+  """The task a config file selects by itself (e.g. `:demo` -> demo/digits), for run names."""
+  from vit_adapt import shared_features
+  try:
+    return shared_features.load_config(ref.path + (":" + ref.arg if ref.arg else ""), {}).dataset.name
+  except Exception:  # noqa: BLE001 -- a config that does not load fails in its own run, with its own message
+    return None
+
+
 def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> list[sweep_grid.Run]:
   from vit_adapt.data import tasks as tasks_lib
   refs = [sweep_grid.ConfigRef.parse(c) for c in configs]
   task_names = sweep_grid.parse_tasks(tasks)
   for name in task_names:
     tasks_lib.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
+  if not task_names:
+    for ref in refs:
+      if not ref.task_in_arg():
+        ref.default_task = _config_task(ref)
   runs = sweep_grid.expand(refs, task_names, sweep_grid.parse_grid(grid),
                            sweep_grid.parse_overrides(overrides))
   i, n = shard

@@ -128,6 +128,7 @@ class ConfigRef:
   """One `--config=path[:arg]` of the sweep, with the task argument removed (the sweep sets the task)."""
   path: str
   arg: str = ""
+  default_task: str | None = None  # the config's own dataset.name, when neither --tasks nor the arg names one
 
   @classmethod
   def parse(cls, text: str) -> "ConfigRef":
@@ -189,13 +190,15 @@ def expand(configs: Sequence[ConfigRef], tasks: Sequence[str], axes: Sequence[tu
   runs = []
   points = [dict(zip([k for k, _ in axes], combo)) for combo in itertools.product(*[v for _, v in axes])]
   for cfg in configs:
-    cfg_tasks = list(tasks) or [cfg.task_in_arg()]
+    own = not tasks and not cfg.task_in_arg()  # the config file's own task: its argument stays as written
+    cfg_tasks = list(tasks) or [cfg.task_in_arg() or cfg.default_task]
     for task in cfg_tasks:
       for point in points:
         grid_label = ",".join(f"{k}={_label_value(v)}" for k, v in point.items()) or "default"
         task_label = task or "default_task"
+        config = cfg.path + (":" + cfg.arg if cfg.arg else "") if own else cfg.with_task(task)
         runs.append(Run(name=f"{task_label}/{cfg.label}/{grid_label}", task=task_label,
-                        config=cfg.with_task(task), config_label=cfg.label, point=point,
+                        config=config, config_label=cfg.label, point=point,
                         overrides={**overrides, **point}))
   names = [r.name for r in runs]
   dup = {n for n in names if names.count(n) > 1}
