@@ -161,7 +161,7 @@ def test_loss_terms():
 def test_every_variant_trains(dispatch, experts):
   x = images(b=8)
   labels = jax.nn.one_hot(jnp.arange(8) % 10, 10)
-  model, cfg = make(dispatch=dispatch, num_experts=experts)
+  model, cfg = make(dispatch=dispatch, num_experts=experts, depth=1)
   params = model.init(RNGS(0), x)["params"]
   trainable, frozen = base.split_params(params, dyt.DYT.trainable)
   opt = optax.adamw(1e-2)
@@ -176,23 +176,18 @@ def test_every_variant_trains(dispatch, experts):
 
   losses = []
   t = trainable
-  for i in range(4):
+  for i in range(3):
     t, state, l = step(t, state, jax.random.PRNGKey(i))
     losses.append(float(l))
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0]
   moved = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()), t, trainable)
   assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))
-  # Evaluation with the trained params works in every inference mode and agrees.
-  p = base.merge_params(t, frozen)
-  lm, _ = make(dispatch=dispatch, num_experts=experts, inference="masked")[0].apply({"params": p}, x)
-  lt, _ = jax.jit(model.apply)({"params": p}, x)
-  np.testing.assert_allclose(lt, lm, rtol=1e-5, atol=1e-5)
 
 
 def test_rate_loss_drives_activation_to_target():
   x = images(b=8)
-  model, cfg = make(complete_pass=False, ce_weight=0.0, target_rate=0.3)
+  model, cfg = make(complete_pass=False, ce_weight=0.0, target_rate=0.3, depth=1)
   params = perturbed_params(model, x, router_bias=2.0)
   trainable, frozen = base.split_params(params, dyt.DYT.trainable)
   opt = optax.adam(0.05)
