@@ -173,3 +173,36 @@ def test_cli_errors_exit_2(tmp_path):
   out = subprocess.run([sys.executable, "-m", "vit_adapt.sweep", "--config=configs/adapter_vtab.py",
                         f"--workdir={tmp_path}", "--tasks=vtab/dtdd"], cwd=ROOT, capture_output=True, text=True)
   assert out.returncode == 2 and "unknown task 'vtab/dtdd'" in out.stderr
+
+
+def test_prerequisite_jobs_start_first(tmp_path):
+  """A job with `after` waits for its prerequisite even when a slot is free (shared feature caches)."""
+  first = _job(tmp_path, "first", "import os, sys, time; time.sleep(1.0); open(os.path.join(sys.argv[1], "
+               "'built'), 'w').close(); open(os.path.join(sys.argv[1], 'results.json'), 'w').write('{}')")
+  second = _job(tmp_path, "second", "import os, sys; assert os.path.exists(os.path.join(sys.argv[1], '..', "
+                "'first', 'built')); open(os.path.join(sys.argv[1], 'results.json'), 'w').write('{}')")
+  second.after = first
+  runner, _ = _runner(tmp_path, [second, first], devices=2)
+  assert runner.run() == 0
+  assert runner.state.runs["second"]["status"] == "done"
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(ROOT, "configs", "synqt_vtab.py")), reason="SynQT not here")
+def test_synqt_runs_share_one_feature_cache(tmp_path):
+  runs = sweep.make_runs(["configs/synqt_vtab.py", "configs/adapter_vtab.py"], "vtab/dtd,vtab/svhn",
+                         "seed=[0,1]", "model.init=/w/ViT-B_16.npz;method.cache_features=kv")
+  jobs = sweep.make_jobs(runs, str(tmp_path), "auto")
+  synqt = [j for j in jobs if "/synqt_vtab/" in j.runs[0].name]
+  assert len(synqt) == 4
+  dirs = {j.runs[0].name: j.runs[0].overrides["method.cache_dir"] for j in synqt}
+  # One cache per task (the backbone is a file: the seeds share it); the second seed waits for the first.
+  assert dirs["vtab/dtd/synqt_vtab/seed=0"] == dirs["vtab/dtd/synqt_vtab/seed=1"] != dirs[
+      "vtab/svhn/synqt_vtab/seed=0"]
+  assert all(d.startswith(os.path.join(str(tmp_path), "_shared", "synqt_cache")) for d in dirs.values())
+  by_name = {j.runs[0].name: j for j in synqt}
+  assert by_name["vtab/dtd/synqt_vtab/seed=1"].after is by_name["vtab/dtd/synqt_vtab/seed=0"]
+  assert by_name["vtab/dtd/synqt_vtab/seed=0"].after is None
+  assert any(a.startswith("--config.method.cache_dir=") for a in by_name["vtab/dtd/synqt_vtab/seed=1"].command)
+  # Off: nothing is rewritten.
+  runs = sweep.make_runs(["configs/synqt_vtab.py"], "vtab/dtd", "seed=[0,1]", "method.cache_features=kv")
+  assert all("method.cache_dir" not in j.runs[0].overrides for j in sweep.make_jobs(runs, str(tmp_path), "off"))

@@ -73,12 +73,16 @@ def ineligible_reason(config) -> str | None:
   return None
 
 
-def feature_key(config) -> str:
-  """Everything the cached features depend on, as a canonical JSON string."""
+def feature_key(config, method_fields: Sequence[str] | None = None) -> str:
+  """Everything the cached features depend on, as a canonical JSON string.
+
+  `method_fields`: the method fields that matter (None = all of them, the conservative choice).
+  """
   c = config.to_dict()
   dataset = {k: v for k, v in c["dataset"].items() if k not in ("label_smoothing", "num_threads", "prefetch")}
+  method = c["method"] if method_fields is None else {k: c["method"].get(k) for k in method_fields}
   key = {"model": c["model"], "dataset": dataset, "eval": c["eval"], "efficiency": c["efficiency"],
-         "method": c["method"]}
+         "method": method}
   if not c["model"]["init"]:
     key["seed"] = c["seed"]  # a random backbone is drawn from the seed
   return json.dumps(key, sort_keys=True, default=str)
@@ -96,6 +100,35 @@ def plan_groups(runs: Sequence[sweep_grid.Run]) -> list[list[sweep_grid.Run]]:
     if ineligible_reason(config) is None:
       by_key.setdefault(feature_key(config), []).append(run)
   return [g for g in by_key.values() if len(g) >= 2]
+
+
+# SynQT trains with its own cache of frozen image features (vit_adapt/methods/synqt_cache.py: fingerprinted by
+# the frozen weights and the data, resumable). Runs of a sweep whose features agree point at one shared
+# `method.cache_dir`; the first run of each group builds the cache and the others start after it, reusing it.
+_SYNQT_CACHE_FIELDS = ("name", "cache_features", "cache_dtype")
+
+
+def plan_synqt_cache(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[str, tuple[str, str]]:
+  """run name -> (shared cache dir, name of the group's first run) for SynQT runs with cached features."""
+  by_key: dict[str, list] = {}
+  for run in runs:
+    try:
+      config = load_config(run.config, run.overrides)
+    except Exception:  # noqa: BLE001 -- reported by the run's own job
+      continue
+    m, d = config.method, config.dataset
+    if (m.name != "synqt" or not m.get("cache_features") or m.get("cache_dir")
+        or d.augment != "none" or d.mixup > 0 or d.cutmix > 0):
+      continue
+    by_key.setdefault(feature_key(config, _SYNQT_CACHE_FIELDS), []).append(run)
+  plan = {}
+  for key, group in by_key.items():
+    if len(group) < 2:
+      continue
+    cache = os.path.join(workdir, "_shared", "synqt_cache", hashlib.sha1(key.encode()).hexdigest()[:12])
+    for run in group:
+      plan[run.name] = (cache, group[0].name)
+  return plan
 
 
 def group_dir(workdir: str, runs: Sequence[sweep_grid.Run]) -> str:

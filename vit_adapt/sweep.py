@@ -21,7 +21,9 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   a file system; each shard writes its own state file)
   --share_features  'auto': runs whose training never changes the backbone's image features (linear probe)
                   and that differ only in optimiser settings or seed train together on features computed once
-                  (vit_adapt/shared_features.py); 'off': every run on its own
+                  (vit_adapt/shared_features.py); SynQT runs with `method.cache_features` whose frozen
+                  features agree share one feature cache (the first builds it, the others start after it);
+                  'off': every run on its own
 """
 
 from __future__ import annotations
@@ -86,19 +88,30 @@ def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> l
 def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> list[sweep_runner.Job]:
   """Single-run jobs, except groups of runs that can share frozen features (one job per group)."""
   groups: list[list[sweep_grid.Run]] = []
+  synqt: dict[str, tuple[str, str]] = {}
   if share == "auto":
     from vit_adapt import shared_features
     groups = shared_features.plan_groups(runs)
+    synqt = shared_features.plan_synqt_cache(runs, workdir)
   grouped = {r.name for g in groups for r in g}
   jobs = []
   for g in groups:
     group_dir = shared_features.group_dir(workdir, g)
     jobs.append(sweep_runner.Job(runs=g, command=shared_features.group_command(python, workdir, g, group_dir),
                                  log_dir=group_dir))
+  by_name: dict[str, sweep_runner.Job] = {}
   for r in runs:
-    if r.name not in grouped:
-      jobs.append(sweep_runner.Job(runs=[r], command=r.command(python, os.path.join(workdir, r.name)),
-                                   log_dir=os.path.join(workdir, r.name)))
+    if r.name in grouped:
+      continue
+    if r.name in synqt:  # one shared SynQT feature cache per group; the group's first run builds it
+      r.overrides = {**r.overrides, "method.cache_dir": synqt[r.name][0]}
+    job = sweep_runner.Job(runs=[r], command=r.command(python, os.path.join(workdir, r.name)),
+                           log_dir=os.path.join(workdir, r.name))
+    by_name[r.name] = job
+    jobs.append(job)
+  for name, (_, leader) in synqt.items():
+    if name != leader and name in by_name:
+      by_name[name].after = by_name[leader]
   return jobs
 
 

@@ -40,6 +40,7 @@ class Job:
   runs: list[Run]
   command: list[str]
   log_dir: str  # where the job's log.txt goes (the run dir, or the group's dir)
+  after: "Job | None" = None  # start only once this job has finished (e.g. it builds a shared feature cache)
 
   @property
   def name(self) -> str:
@@ -210,6 +211,14 @@ class Runner:
         self.print(f"[sweep] FAILED {run.name} ({why}); log: {rec['log']}")
     return failed
 
+  def _next_ready(self, running: dict) -> Job | None:
+    """Pops the first queued job whose prerequisite (if any) is neither queued nor running."""
+    busy = {id(j) for j in self.queue} | {id(v[0]) for v in running.values()}
+    for i, job in enumerate(self.queue):
+      if job.after is None or id(job.after) not in busy:
+        return self.queue.pop(i)
+    return None
+
   def run(self) -> int:
     self.queue = [job for job in self.jobs if not all(self.is_done(r) for r in job.runs)]
     retries_left = {id(job): self.retries for job in self.queue}
@@ -219,8 +228,10 @@ class Runner:
     self.progress(running)
     try:
       while self.queue or running:
-        while self.queue and free:
-          job = self.queue.pop(0)
+        while free:
+          job = self._next_ready(running)
+          if job is None:
+            break
           slot = free.pop(0)
           started = self._start(job, slot)
           if started is None:
