@@ -60,7 +60,7 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
 
   def train_step(state: TrainState, frozen, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    images = batch["image"]
+    images = batch["features"] if "features" in batch else batch["image"]  # see Method.feature_cache
     labels = soft_labels(batch, num_classes)
     mutable = list(state.model_state)
     pass_counter = itertools.count()

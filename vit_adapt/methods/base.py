@@ -64,6 +64,10 @@ class Method:
   # The trainer averages them over the valid (unpadded) evaluation examples and reports them in results.json,
   # e.g. DyT's 'activation_rate', or 'gmacs' for methods whose compute depends on the input.
   eval_stats: Callable[[jax.Array, dict], dict[str, jax.Array]] | None = None
+  # Optional precomputed-input training (SynQT's feature cache): (config, workdir, model, variables) -> a
+  # checkpointable training iterator that replaces `pipeline.train_iterator`, or None when the config turns it
+  # off. Its batches carry 'features' (passed to the model in place of 'image') and 'label' [, 'soft_label'].
+  feature_cache: Callable[[ml_collections.ConfigDict, str, Any, dict], Any] | None = None
   doc: str = ""
 
 

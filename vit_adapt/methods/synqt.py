@@ -361,6 +361,11 @@ def post_load(params, config):
   return params
 
 
+def _feature_cache(config, workdir, model, variables):
+  from vit_adapt.methods import synqt_cache  # the cache needs the data pipeline; import it only when used
+  return synqt_cache.feature_cache(config, workdir, model, variables)
+
+
 SYNQT = base.register(base.Method(
     name="synqt", model_cls=SynQTViT, trainable=(r"^qsm/", r"^synqt_head/", r"^head/"), defaults=defaults,
-    model_kwargs=model_kwargs, post_load=post_load, doc=__doc__))
+    model_kwargs=model_kwargs, post_load=post_load, feature_cache=_feature_cache, doc=__doc__))
