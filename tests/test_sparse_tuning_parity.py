@@ -94,7 +94,8 @@ def _small_official_state_dict(rng, width=32, depth=4, mlp=128, patch=8, grid=4,
   for i in range(depth):
     p = f"blocks.{i}."
     sd.update({p + "norm1.weight": 1 + n(width), p + "norm1.bias": n(width), p + "norm2.weight": 1 + n(width),
-               p + "norm2.bias": n(width), p + "attn.qkv.weight": n(3 * width, width), p + "attn.qkv.bias": n(3 * width),
+               p + "norm2.bias": n(width), p + "attn.qkv.weight": n(3 * width, width),
+               p + "attn.qkv.bias": n(3 * width),
                p + "attn.proj.weight": n(width, width), p + "attn.proj.bias": n(width),
                p + "mlp.fc1.weight": n(mlp, width), p + "mlp.fc1.bias": n(mlp), p + "mlp.fc2.weight": n(width, mlp),
                p + "mlp.fc2.bias": n(width)})
