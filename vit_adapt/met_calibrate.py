@@ -199,7 +199,7 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
   if targets != 1:
     raise UserError("give exactly one target: --budget=FRACTION_OF_FULL_GMACS, --gmacs=G, --q=RATIO or "
                     "--distribution=P0,P1,...")
-  if config.method.calibration:
+  if config.method.get("calibration"):
     print(f"replacing the thresholds of: {config.method.calibration}")
   split = split or default_split(config)
   conf, correct = exit_outputs(config, model, variables, split, batch_size=batch_size)
