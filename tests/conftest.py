@@ -37,7 +37,7 @@ def tiny_config():
 @pytest.fixture
 def fast_compile():
   """XLA without most optimisations: tiny models compile several times faster (numerics stay float32)."""
-  old = jax.config.jax_disable_most_optimizations
+  old = jax.config.read("jax_disable_most_optimizations")
   jax.config.update("jax_disable_most_optimizations", True)
   yield
   jax.config.update("jax_disable_most_optimizations", old)

@@ -17,7 +17,8 @@ import time
 spec = json.loads(sys.argv[1])
 if spec.get("devices"):
   os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(spec['devices'])}"
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [TESTS, os.path.dirname(TESTS)]  # conftest's tiny configs; the checkout under test
 
 import jax  # noqa: E402
 
@@ -26,6 +27,7 @@ from vit_adapt import mesh as mesh_lib  # noqa: E402
 from vit_adapt import train  # noqa: E402
 
 assert jax.device_count() == int(spec.get("devices") or 1), jax.devices()
+jax.config.update("jax_disable_most_optimizations", True)  # tiny models: compile time dominates
 
 if spec.get("kill_before_step"):
   feed = mesh_lib.global_batch

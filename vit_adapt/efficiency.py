@@ -112,8 +112,10 @@ def _load(config, checkpoint: str | None):
       ckpt_config.efficiency = config.efficiency
       ckpt_config.train.batch_size = config.train.batch_size
     return ckpt_config, model, method, variables
+  # Without a trained model the weights are the seeded initialisation (no backbone file needed): compute and
+  # memory of the dense methods do not depend on the values.
   model, method = methods.build_model(config)
-  return config, model, method, methods.init_variables(model, method, config)
+  return config, model, method, methods.init_variables(model, method, config, load_backbone=False)
 
 
 def _eval_stats(config, model, method, variables) -> dict | None:
@@ -140,6 +142,7 @@ def main(argv):
   config, model, method, variables = _load(config, FLAGS.checkpoint)
   stats = _eval_stats(config, model, method, variables) if FLAGS.eval_gmacs else None
   result = {"method": config.method.name, "task": config.dataset.name,
+            "weights": FLAGS.checkpoint or "seeded random initialisation (no --checkpoint)",
             **report(config, model, method, variables, eval_stats=stats)}
   text = json.dumps(result, indent=2, default=float)
   print(text)
@@ -152,11 +155,11 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  from vit_adapt.errors import cli_main
+  from vit_adapt.errors import cli_main, parse_flags
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
   flags.DEFINE_string("checkpoint", None, "A trained model: a workdir of vit_adapt.main or its model/ directory.")
   flags.DEFINE_string("output", None, "Also write the JSON report to this file.")
   flags.DEFINE_bool("eval_gmacs", True, "For methods with input-dependent compute, average their per-image GMACs "
                     "over the eval split (needs the dataset).")
   FLAGS = flags.FLAGS
-  app.run(cli_main(main))
+  app.run(cli_main(main), flags_parser=parse_flags)

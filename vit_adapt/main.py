@@ -10,7 +10,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt.errors import UserError, cli_main, parse_flags
 
 config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json (resumes if it has some).")
@@ -41,4 +41,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -40,9 +40,11 @@ class TrainState:
 
 def create(trainable, model_state, tx: optax.GradientTransformation, seed: int) -> TrainState:
   # The training key is a fold of the seed distinct from the one `init_variables` used for the parameters.
-  rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable),
-                    model_state=model_state, rng=rng)
+  def build(trainable, model_state):
+    rng = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=trainable, opt_state=tx.init(trainable),
+                      model_state=model_state, rng=rng)
+  return jax.jit(build)(trainable, model_state)  # one compiled program instead of one per optimizer leaf
 
 
 def soft_labels(batch: dict, num_classes: int) -> jax.Array:
@@ -101,7 +103,9 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
   return train_step
 
 
+@jax.jit
 def all_finite(tree) -> jax.Array:
+  """True iff no floating-point leaf holds a NaN or inf (one compiled reduction over the whole tree)."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
-            if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
