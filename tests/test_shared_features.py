@@ -27,7 +27,7 @@ def _cwd():
 def backbone_dir(tmp_path_factory):
   """A tiny pre-trained-like backbone (random, saved once) so the features do not depend on the run's seed."""
   d = str(tmp_path_factory.mktemp("backbone") / "model")
-  config = shared_features.load_config(CONFIG, {"model.depth": 1, "model.variant": "Ti/8"})
+  config = shared_features.load_config(CONFIG, {"model.depth": 1, "model.variant": "mu/8"})
   model, method = methods.build_model(config)
   variables = methods.init_variables(model, method, config.copy_and_resolve_references())
   export.save_model_dir(d, config, dict(variables))
@@ -35,7 +35,7 @@ def backbone_dir(tmp_path_factory):
 
 
 def _overrides(backbone_dir, **kw):
-  base = {"model.depth": 1, "model.variant": "Ti/8", "model.init": backbone_dir, "model.head_init_std": 0.02,
+  base = {"model.depth": 1, "model.variant": "mu/8", "model.init": backbone_dir, "model.head_init_std": 0.02,
           "train.steps": 7, "train.batch_size": 48, "train.log_every_steps": 3, "train.checkpoint_every_steps": 0,
           "eval.batch_size": 100, "efficiency.enabled": False, "dataset.label_smoothing": 0.1,
           "dataset.num_threads": 2}
@@ -65,7 +65,7 @@ def test_batch_order_matches_train_iterator():
   assert sorted(rows.reshape(-1)[:n]) == list(range(n))  # the first epoch is a permutation
 
 
-def test_shared_equals_separate_runs(tmp_path, backbone_dir):
+def test_shared_equals_separate_runs(tmp_path, backbone_dir, fast_compile):
   points = [{"optim.lr": 0.01, "seed": 0}, {"optim.lr": 0.01, "seed": 1}, {"optim.lr": 0.003, "seed": 0}]
   specs = [{"name": f"r{i}", "config": CONFIG, "overrides": _overrides(backbone_dir, **p),
             "workdir": str(tmp_path / "shared" / f"r{i}")} for i, p in enumerate(points)]
