@@ -1,5 +1,4 @@
-"""End to end: `train_and_evaluate` for two steps of every baseline on mocked VTAB-1k data (tfds mock_data) and
-on a generated image-folder dataset (the NOAH/VPT layout), checking what a run leaves in its workdir."""
+"""What every end-to-end run must leave in its workdir (shared by test_train_e2e_*.py)."""
 
 import json
 import os
@@ -7,11 +6,8 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
-from PIL import Image
-from tensorflow_datasets import testing as tfds_testing
 
-from vit_adapt import methods, train
+from vit_adapt import methods
 from vit_adapt.checkpoints import export
 from vit_adapt.methods import base as methods_base
 
@@ -20,14 +16,14 @@ RESULT_KEYS = {"task", "method", "top1", "trainable_params", "gmacs_per_image", 
                "batch_size", "dtype", "device", "wall_time_s", "eval_loss", "num_eval_examples"}
 
 
-def _vtab_config(tiny_config, method, **dataset):
+def vtab_config(tiny_config, method, **dataset):
   c = tiny_config(method, "task=vtab/dtd")
   c.dataset.update(split="train800val200", eval_split="test", **dataset)
   c.eval.batch_size = 8
   return c
 
 
-def _check_run(workdir, config, results, num_eval):
+def check_run(workdir, config, results, num_eval):
   with open(os.path.join(workdir, "results.json")) as f:
     on_disk = json.load(f)
   assert RESULT_KEYS <= set(on_disk) and on_disk["top1"] == results["top1"]
@@ -54,31 +50,3 @@ def _check_run(workdir, config, results, num_eval):
   assert any(not np.array_equal(flat[k], v) for k, v in methods_base.flatten(trainable).items())
 
 
-@pytest.mark.parametrize("method", BASELINES)
-def test_two_steps_on_mocked_vtab(method, tiny_config, fast_compile, tmp_path):
-  config = _vtab_config(tiny_config, method)
-  with tfds_testing.mock_data(num_examples=12):
-    results = train.train_and_evaluate(config, str(tmp_path))
-  _check_run(tmp_path, config, results, num_eval=12)
-
-
-def _folder_dataset(root, n=12):
-  folder = os.path.join(root, "dtd")
-  rng = np.random.default_rng(0)
-  lines = []
-  for i in range(n):
-    rel = f"images/c{i % 4}/{i}.jpg"
-    os.makedirs(os.path.join(folder, os.path.dirname(rel)), exist_ok=True)
-    Image.fromarray(rng.integers(0, 255, (24 + i, 40, 3), np.uint8)).save(os.path.join(folder, rel))
-    lines.append(f"{rel} {(5 * i) % 47}")
-  for split in ("train800val200", "test"):
-    with open(os.path.join(folder, f"{split}.txt"), "w") as f:
-      f.write("\n".join(lines) + "\n")
-
-
-@pytest.mark.parametrize("method", BASELINES)
-def test_two_steps_on_image_folder(method, tiny_config, fast_compile, tmp_path):
-  _folder_dataset(tmp_path / "data")
-  config = _vtab_config(tiny_config, method, source="folder", root=str(tmp_path / "data"))
-  results = train.train_and_evaluate(config, str(tmp_path / "run"))
-  _check_run(tmp_path / "run", config, results, num_eval=12)
