@@ -132,7 +132,7 @@ def test_cli_convert_then_predict_images(google_file, tmp_path):
   run = lambda *a: subprocess.run([sys.executable, "-m", *a], capture_output=True, text=True, env=env, cwd=ROOT)
   r = run("vit_adapt.convert", "--source=npz", f"--checkpoint={google_file[0]}",
           "--config=configs/adapter_vtab.py:demo", "--config.model.variant=mu/8", "--config.model.depth=2",
-          "--config.method.bottleneck=8", f"--out={out}")
+          "--config.model.image_size=32", "--config.method.bottleneck=8", f"--out={out}")
   assert r.returncode == 0, r.stderr
   r = run("vit_adapt.predict", f"--checkpoint={out}", f"--images={folder}", f"--output={tmp_path / 'p.jsonl'}",
           f"--logits={tmp_path / 'l.npy'}", "--batch_size=2")
