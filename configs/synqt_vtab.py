@@ -31,7 +31,9 @@ Demo (embedded digits, random-init Ti/4 backbone with 4 blocks at 32 px, T=4, ca
 
 prints the cache size and build line ("SynQT feature cache (kv, bfloat16): 1437 examples x ... MiB = ... GiB",
 "... examples computed, 0 reused"), then training progress, and ends with one JSON line
-{"task": "demo/digits", "method": "synqt", "top1": ..., ...}; the measured output is in docs/synqt.md.
+{"task": "demo/digits", "method": "synqt", "top1": 0.766..., "trainable_params": 234639,
+"gmacs_per_image": 0.1038..., ...} (measured: 614 s on a loaded 2-core CPU; the backbone is random, see
+docs/synqt.md).
 """
 
 from vit_adapt import config_lib
