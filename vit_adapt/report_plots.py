@@ -68,8 +68,8 @@ def _row_curves(runs: list[dict], root: str) -> dict[str, list[tuple[float, floa
   out = {}
   for label, curves in by_label.items():
     n = min(len(c) for c in curves)
-    out[label] = [(statistics.fmean(c[i][0] for c in curves), statistics.fmean(c[i][1] for c in curves))
-                  for i in range(n)]
+    out[label] = sorted((statistics.fmean(c[i][0] for c in curves), statistics.fmean(c[i][1] for c in curves))
+                        for i in range(n))
   return out
 
 
