@@ -14,6 +14,7 @@ from vit_adapt.errors import UserError
 def _config(**dataset):
   c, _ = config_lib.make_config("linear", "demo")
   c.train.batch_size = 16
+  c.model.image_size = 32  # pinned: the tests below check 32 px shapes whatever the demo resolution is
   c.dataset.num_threads = 2
   c.dataset.update(dataset)
   return c
