@@ -283,3 +283,21 @@ def test_unknown_names_are_reported_together(reference, tmp_path):
   msg = str(e.value)
   assert "1 missing" in msg and "encoderblock_3/LayerNorm_0/scale (192,)" in msg
   assert "1 unexpected" in msg and "blocks.0.ls1.gamma (192,)" in msg
+
+
+class _RunsCode:
+  def __reduce__(self):
+    return (print, ("this must never run",))
+
+
+def test_torch_training_checkpoint_with_argparse_namespace_loads_but_code_does_not(tmp_path):
+  import argparse
+
+  from vit_adapt.checkpoints import readers
+  path = str(tmp_path / "checkpoint-99.pth")
+  # What the official DyT / Sparse-Tuning training scripts save: weights, the epoch and their argparse.Namespace.
+  torch.save({"model": {"w": torch.arange(3.0)}, "args": argparse.Namespace(lr=1e-3), "epoch": 99}, path)
+  np.testing.assert_array_equal(readers.read_torch(path)["w"], [0.0, 1.0, 2.0])
+  torch.save({"model": {"w": torch.arange(3.0)}, "args": _RunsCode()}, path)
+  with pytest.raises(UserError, match="weights_only=True"):
+    readers.read_torch(path)

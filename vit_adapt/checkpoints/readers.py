@@ -8,6 +8,8 @@ naming the file.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import zipfile
 from typing import Callable
@@ -61,7 +63,10 @@ def read_torch(path: str) -> Tensors:
     raise UserError(f"{path} is a PyTorch file and reading it needs torch (pip install torch). Alternatively "
                     "convert it to .safetensors, which vit_adapt reads without torch.") from None
   try:
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    # The official DyT / Sparse-Tuning training scripts store their argparse.Namespace beside the weights.
+    # Allow-listing that one plain attribute container keeps the weights-only guarantee (no code runs).
+    with torch.serialization.safe_globals([argparse.Namespace]):
+      obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # weights_only refusals are UnpicklingError; corrupt archives RuntimeError/EOFError
     raise UserError(f"{path} could not be read as a PyTorch state dict with torch.load(weights_only=True) "
                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). vit_adapt only reads "
