@@ -134,3 +134,21 @@ def test_only_the_trainable_subtree_is_differentiated(tiny_config, method, lo, h
   train_macs = efficiency_lib.compiled_macs(step, state, frozen, batch)
   fwd_macs = efficiency_lib.compiled_macs(lambda v, x: model.apply(v, x)[0], variables, batch["image"])
   assert lo < train_macs / fwd_macs < hi
+
+
+def test_bfloat16_compute_keeps_float32_parameters_and_state(tiny_config, fast_compile):
+  config = tiny_config("adapter", model=dict(dtype="bfloat16"))
+  model, m = methods.build_model(config)
+  variables = methods.init_variables(model, m, config)
+  trainable, frozen = optim.split_trainable(variables["params"], m, config.optim)
+  tx, sched = optim.make_optimizer(config.optim, trainable, 10, 0)
+  state = train_state.create(trainable, {}, tx, 0)
+  step = jax.jit(train_state.make_train_step(model, m, config, tx, sched))
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
+  new, metrics = step(state, frozen, batch)
+  assert np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+  assert {x.dtype for x in jax.tree.leaves((new.params, new.opt_state)) if x.ndim} == {jnp.dtype("float32")}
+  moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(new.params))]
+  assert any(moved)
