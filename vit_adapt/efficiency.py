@@ -131,9 +131,10 @@ def _eval_stats(config, model, method, variables) -> dict | None:
 
 
 def main(argv):
-  from vit_adapt import config_lib
+  from vit_adapt import config_lib, reporting
   from vit_adapt.errors import UserError
   del argv
+  reporting.quiet_library_logs()
   config = FLAGS.config
   if config is None and not FLAGS.checkpoint:
     raise UserError("give --config (e.g. --config=configs/adapter_vtab.py) and/or --checkpoint=WORKDIR.")

@@ -17,13 +17,6 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and result
 FLAGS = flags.FLAGS
 
 
-class _QuietLibraries:
-  """Drops INFO records of orbax (dozens of lines per checkpoint) so the console shows the training log."""
-
-  def filter(self, record):
-    return record.levelno > 20 or "/orbax/" not in record.pathname
-
-
 @cli_main
 def main(argv):
   if len(argv) > 1:
@@ -31,9 +24,8 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
-  from absl import logging
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  from vit_adapt import train  # after flag parsing: keeps `--help` fast
+  from vit_adapt import reporting, train  # after flag parsing: keeps `--help` fast
+  reporting.quiet_library_logs()
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
           "peak_train_memory_bytes", "wall_time_s")
