@@ -15,7 +15,6 @@ def _config(**dataset):
   c, _ = config_lib.make_config("linear", "demo")
   c.model.image_size = 32  # the assertions below are written for 32 px (the demo itself runs at 16 px)
   c.train.batch_size = 16
-  c.model.image_size = 32  # pinned: the tests below check 32 px shapes whatever the demo resolution is
   c.dataset.num_threads = 2
   c.dataset.update(dataset)
   return c
