@@ -29,7 +29,10 @@ def main(argv):
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
           "peak_train_memory_bytes", "wall_time_s")
-  print(json.dumps({k: results.get(k) for k in keys}))
+  summary = {k: results.get(k) for k in keys}
+  # The method's own evaluation statistics (DyT's activation_rate, MET's mean exit, ...) belong in the summary.
+  summary.update({k: results[k] for k in results.get("method_stats", ()) if k in results})
+  print(json.dumps(summary))
 
 
 if __name__ == "__main__":

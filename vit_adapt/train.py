@@ -216,8 +216,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
       "num_devices": mesh.devices.size,
       "wall_time_s": time.time() - wall_start,
   }
+  stat_keys = []
   for name, value in last_eval["stats"].items():
-    results[name if name not in results else f"eval_{name}"] = value
+    key = name if name not in results else f"eval_{name}"
+    results[key] = value
+    stat_keys.append(key)
+  results["method_stats"] = stat_keys
   # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
   export.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
   reporting.write_json(os.path.join(workdir, "results.json"), results)
