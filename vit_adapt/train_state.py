@@ -93,7 +93,7 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
     params = optax.apply_updates(state.params, param_updates)
     model_state = {**state.model_state, **updates}
 
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
                "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
     # A method's loss terms and diagnostics (e.g. DyT's activation rate), logged as batch means.
     metrics.update({k: jnp.mean(jnp.asarray(v, jnp.float32)) for k, v in aux.items()})
