@@ -35,6 +35,7 @@ def define_flags():
   flags.DEFINE_string("checkpoint", None, "The foreign checkpoint file (.npz, .safetensors, .pth, .bin).")
   flags.DEFINE_string("out", None, "Output model directory.")
 
+
 _COLLECTIONS = ("batch_stats",)
 _ARCH = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
 
