@@ -20,7 +20,6 @@ import json
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_adapt import efficiency_lib
 from vit_adapt.models import vit
@@ -131,10 +130,11 @@ def _eval_stats(config, model, method, variables) -> dict | None:
 
 
 def main(argv):
-  from vit_adapt import config_lib, reporting
+  from vit_adapt import config_lib
+  from vit_adapt.checkpoints import export
   from vit_adapt.errors import UserError
   del argv
-  reporting.quiet_library_logs()
+  export.quiet_orbax()
   config = FLAGS.config
   if config is None and not FLAGS.checkpoint:
     raise UserError("give --config (e.g. --config=configs/adapter_vtab.py) and/or --checkpoint=WORKDIR.")

@@ -34,17 +34,6 @@ class JsonlWriter(metric_writers.MetricWriter):
   def close(self): pass
 
 
-class _DropOrbaxInfo:
-  def filter(self, record):
-    return record.levelno > 20 or "/orbax/" not in record.pathname
-
-
-def quiet_library_logs() -> None:
-  """CLIs: drop orbax's INFO records (dozens of lines per checkpoint) so the console shows the training log."""
-  from absl import logging
-  logging.get_absl_handler().addFilter(_DropOrbaxInfo())
-
-
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard events + console (clu's default writer) and `metrics.jsonl`, on the first process only."""
   lead = jax.process_index() == 0
