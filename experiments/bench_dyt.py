@@ -27,8 +27,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_adapt import efficiency_lib
-from vit_adapt.methods import base, dyt, dyt_flops
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.methods import base
+from vit_adapt.methods import dyt
+from vit_adapt.methods.dyt import flops as dyt_flops
 from vit_adapt.models import vit
 
 

@@ -28,8 +28,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from vit_adapt import config_lib, efficiency_lib, met_calibrate, methods  # noqa: E402
-from vit_adapt.methods import base, met_exit  # noqa: E402
+from vit_adapt import config_lib, methods  # noqa: E402
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.methods.met import calibrate as met_calibrate
+from vit_adapt.methods import base  # noqa: E402
+from vit_adapt.methods.met import exit as met_exit
 
 
 def build(variant: str, image_size: int, num_buckets: int, seed: int = 0):

@@ -42,8 +42,11 @@ def main():
   os.chdir(ROOT)
 
   import jax
-  from vit_adapt import efficiency_lib, methods, shared_features, train
-  from vit_adapt.checkpoints import export
+  from vit_adapt import methods
+  from vit_adapt.efficiency import measure as efficiency_lib
+  from vit_adapt.sweep import shared_features
+  from vit_adapt.train import loop as train
+  from vit_adapt.checkpoints import model_dir as export
 
   work = args.workdir or tempfile.mkdtemp(prefix="bench_shared_")
   config_arg = "configs/linear_vtab.py:demo"

@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from vit_adapt import efficiency_lib, methods
+from vit_adapt import methods
+from vit_adapt.efficiency import measure as efficiency_lib
 
 ROWS = (
     ("dense", "linear", {}),

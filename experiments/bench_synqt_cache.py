@@ -23,7 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 import jax
 
-from vit_adapt import config_lib, efficiency_lib, methods, optim, train_state
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.train import optim
+from vit_adapt.train import step as train_state
 from vit_adapt.data import pipeline
 
 

@@ -25,7 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vit_adapt import config_lib, efficiency_lib, methods
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import measure as efficiency_lib
 from vit_adapt.methods import base
 
 GIB = 2 ** 30

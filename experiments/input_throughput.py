@@ -122,7 +122,8 @@ def _bare_rate(paths: list[str]) -> tuple[float, float]:
 
 def main(argv):
   del argv
-  from vit_adapt.data import pipeline, tasks
+  from vit_adapt.data import pipeline
+  from vit_adapt.data import datasets as tasks
 
   root = tempfile.mkdtemp(prefix="vit_adapt_input_")
   rows = []

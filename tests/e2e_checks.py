@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vit_adapt import methods
-from vit_adapt.checkpoints import export
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.methods import base as methods_base
 
 BASELINES = ("linear", "full", "adapter", "lora", "vpt")

@@ -21,7 +21,7 @@ from flax import traverse_util
 from PIL import Image
 
 from vit_adapt import convert, methods, predict
-from vit_adapt.checkpoints import export
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.data import images as images_lib
 from vit_adapt.models import vit
 

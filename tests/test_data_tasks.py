@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vit_adapt.data import tasks
+from vit_adapt.data import datasets as tasks
 from vit_adapt.errors import UserError
 
 # (task, tfds name, val200, test, classes), transcribed from google-research/task_adaptation via vtab.md.

@@ -11,7 +11,8 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets import testing as tfds_testing
 
 from vit_adapt import config_lib
-from vit_adapt.data import pipeline, prepare, tasks
+from vit_adapt.data import pipeline, prepare
+from vit_adapt.data import datasets as tasks
 from vit_adapt.errors import UserError
 
 SIZE, BATCH, MOCK_N = 32, 4, 6

@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from vit_adapt.methods import base, dyt
+from vit_adapt.methods import base
+from vit_adapt.methods import dyt
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import Adapter
 

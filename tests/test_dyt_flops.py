@@ -11,8 +11,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit_adapt import efficiency_lib
-from vit_adapt.methods import dyt, dyt_flops
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.methods import dyt
+from vit_adapt.methods.dyt import flops as dyt_flops
 from vit_adapt.models import vit
 
 B16 = dict(width=768, mlp_dim=3072, num_tokens=197)

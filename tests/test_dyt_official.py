@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from vit_adapt import checkpoints, methods
-from vit_adapt.checkpoints import merge, official_dyt
+from vit_adapt.checkpoints import merge
+from vit_adapt.methods.dyt import official as official_dyt
 from vit_adapt.errors import UserError
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -78,7 +79,7 @@ def test_complete_model_matches_official(converted, reference):
 def test_convert_cli_roundtrip(tmp_path, reference):
   """The `convert` library path writes a model directory whose model reproduces the official logits."""
   from vit_adapt import convert
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   c = _config()
   c.method.bottleneck = 16  # contradicted by the checkpoint: convert must say so
   with pytest.raises(UserError, match="bottleneck"):

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from vit_adapt import config_lib, efficiency, methods
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import report as efficiency
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

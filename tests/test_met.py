@@ -6,9 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from vit_adapt import config_lib, efficiency_lib, methods
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import measure as efficiency_lib
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base, met, met_exit, met_loss
+from vit_adapt.methods import base
+from vit_adapt.methods import met
+from vit_adapt.methods.met import exit as met_exit
+from vit_adapt.methods.met import loss as met_loss
 from vit_adapt.models.adapters import Adapter
 
 

@@ -5,9 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_adapt import config_lib, evaluate, met_calibrate, methods
-from vit_adapt import mesh as mesh_lib
-from vit_adapt.checkpoints import export
+from vit_adapt import config_lib, methods
+from vit_adapt.train import evaluate
+from vit_adapt.methods.met import calibrate as met_calibrate
+from vit_adapt.train import mesh as mesh_lib
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.data import pipeline
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base

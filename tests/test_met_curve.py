@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from vit_adapt import budget_knobs, config_lib, curve, methods
-from vit_adapt.checkpoints import export
+from vit_adapt import config_lib, curve, methods
+from vit_adapt.methods import knobs as budget_knobs
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_adapt import report, sweep_grid, sweep_state
+from vit_adapt.sweep import report
+from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.sweep import state as sweep_state
 from vit_adapt.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -103,7 +105,7 @@ def test_plots_and_budget_curves(sweep_dir):
     with Image.open(p) as im:
       assert im.size[0] >= 500 and im.size[1] >= 300
       assert np.asarray(im.convert("L")).std() > 5  # something was drawn
-  from vit_adapt import report_plots
+  from vit_adapt.sweep import plots as report_plots
   curves = report_plots._row_curves(rep["rows"], sweep_dir)
   assert curves == {"dyt_vtab [method.keep=0.9]": [(8.0, 61.0), (11.0, 69.0), (17.5, 75.0)]}
 

@@ -7,8 +7,11 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vit_adapt import methods, shared_features, sweep_grid, train
-from vit_adapt.checkpoints import export
+from vit_adapt import methods
+from vit_adapt.sweep import shared_features
+from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.train import loop as train
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.data import pipeline
 
 CONFIG = "configs/linear_vtab.py:demo"

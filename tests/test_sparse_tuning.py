@@ -9,7 +9,7 @@ import pytest
 from vit_adapt import methods
 from vit_adapt.errors import UserError
 from vit_adapt.methods import sparse_tuning as st
-from vit_adapt.methods.sparse_tuning_adapters import TorchBatchNorm
+from vit_adapt.methods.sparse_tuning.adapters import TorchBatchNorm
 from vit_adapt.models import vit
 
 

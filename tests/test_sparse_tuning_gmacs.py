@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from vit_adapt import efficiency, methods
+from vit_adapt import methods
+from vit_adapt.efficiency import report as efficiency
 from vit_adapt.models import vit
 
 

@@ -16,7 +16,8 @@ import pytest
 
 from vit_adapt import config_lib, methods
 from vit_adapt.checkpoints import merge as merge_lib
-from vit_adapt.checkpoints import official_sparse_tuning, sources
+from vit_adapt.checkpoints import sources
+from vit_adapt.methods.sparse_tuning import official as official_sparse_tuning
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -111,7 +112,7 @@ def test_convert_cli_path_keeps_batch_stats_and_names_the_released_switch(tmp_pa
   to switch to the released adapter."""
   torch = pytest.importorskip("torch")
   from vit_adapt import convert as convert_lib
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   from vit_adapt.errors import UserError
 
   sd = _small_official_state_dict(np.random.default_rng(0))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from tensorflow_datasets import testing as tfds_testing
 
-from vit_adapt import config_lib, methods, train
-from vit_adapt.checkpoints import export
+from vit_adapt import config_lib, methods
+from vit_adapt.train import loop as train
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.methods import base as methods_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -10,8 +10,12 @@ import sys
 
 import pytest
 
-from vit_adapt import sweep, sweep_devices, sweep_grid, sweep_runner, sweep_state
-from vit_adapt.data import tasks
+from vit_adapt.sweep import plan as sweep
+from vit_adapt.sweep import devices as sweep_devices
+from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.sweep import runner as sweep_runner
+from vit_adapt.sweep import state as sweep_state
+from vit_adapt.data import datasets as tasks
 from vit_adapt.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vit_adapt import report, sweep_state
+from vit_adapt.sweep import report
+from vit_adapt.sweep import state as sweep_state
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("vtab/dtd", "vtab/eurosat", "vtab/kitti")
@@ -80,8 +81,8 @@ def backbone(tmp_path_factory):
   """A saved tiny backbone: linear-probe runs then share one set of frozen features across seeds."""
   sys.path.insert(0, ROOT)
   from vit_adapt import methods
-  from vit_adapt.checkpoints import export
-  from vit_adapt.shared_features import load_config
+  from vit_adapt.checkpoints import model_dir as export
+  from vit_adapt.sweep.shared_features import load_config
   os.chdir(ROOT)
   config = load_config("configs/linear_vtab.py:demo", {"model.variant": "mu/8", "model.depth": 1})
   model, method = methods.build_model(config)

@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from vit_adapt import efficiency_lib
-from vit_adapt.methods import base, synqt
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.methods import base
+from vit_adapt.methods import synqt
 from vit_adapt.methods import adapter as adapter_method
 from vit_adapt.models import vit
 

@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
-from vit_adapt import config_lib, methods, optim, train_state
+from vit_adapt import config_lib, methods
+from vit_adapt.train import optim
+from vit_adapt.train import step as train_state
 from vit_adapt.data import pipeline
 from vit_adapt.errors import UserError
-from vit_adapt.methods import synqt_cache
+from vit_adapt.methods.synqt import cache as synqt_cache
 
 
 def _config(**method):

@@ -17,7 +17,8 @@ import pytest
 from vit_adapt.checkpoints import merge as merge_lib
 from vit_adapt.checkpoints import sources
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base, synqt
+from vit_adapt.methods import base
+from vit_adapt.methods import synqt
 from vit_adapt.models import vit
 
 DATA = os.path.join(os.path.dirname(__file__), "data")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_adapt.ops import tokens
+from vit_adapt.models import tokens
 
 
 def _x(b=3, n=11, d=5, seed=0):

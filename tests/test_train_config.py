@@ -10,7 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit_adapt import config_lib, efficiency_lib, methods, optim, train_state
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.train import optim
+from vit_adapt.train import step as train_state
 from vit_adapt.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

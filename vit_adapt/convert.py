@@ -22,7 +22,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit_adapt.checkpoints.export import quiet_orbax
+from vit_adapt.checkpoints.model_dir import quiet_orbax
 from vit_adapt.errors import UserError, cli_main, parse_flags
 
 FLAGS = flags.FLAGS
@@ -106,7 +106,8 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
   from flax import traverse_util
 
   from vit_adapt import checkpoints, methods
-  from vit_adapt.checkpoints import export, merge
+  from vit_adapt.checkpoints import merge
+  from vit_adapt.checkpoints import model_dir as export
   fn = checkpoints.get_source(source)
   tensors = checkpoints.read_tensors(checkpoint)
   tree, inferred = fn(tensors, config)

@@ -26,8 +26,10 @@ FIELDS = ("method", "label", "kind", "knob", "value", "gmacs", "accuracy", "deta
 
 def evaluate_at(ctx, knob, value: float) -> dict:
   """The generic path: build the model at this knob value and evaluate it through its own inference."""
-  from vit_adapt import efficiency, evaluate, methods
-  from vit_adapt import mesh as mesh_lib
+  from vit_adapt import methods
+  from vit_adapt.efficiency import report as efficiency
+  from vit_adapt.train import evaluate
+  from vit_adapt.train import mesh as mesh_lib
   from vit_adapt.data import pipeline
   config, variables = knob.apply(ctx, value)
   model, method = methods.build_model(config)
@@ -43,8 +45,8 @@ def evaluate_at(ctx, knob, value: float) -> dict:
 
 def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: str = "", calib_split: str = "",
                      batch_size: int = 256, label: str = "") -> list[dict]:
-  from vit_adapt import budget_knobs
-  from vit_adapt.checkpoints import export
+  from vit_adapt.methods import knobs as budget_knobs
+  from vit_adapt.checkpoints import model_dir as export
   config, model, _, variables = export.load_model_dir(checkpoint)
   name = config.method.name
   if name not in budget_knobs.KNOBS:
@@ -128,7 +130,7 @@ def format_rows(rows: list[dict]) -> str:
 @cli_main
 def main(argv):
   from absl import flags
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   fl = flags.FLAGS
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")

@@ -24,8 +24,8 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
-  from vit_adapt import train  # after flag parsing: keeps `--help` fast
-  from vit_adapt.checkpoints import export
+  from vit_adapt.train import loop as train  # after flag parsing: keeps `--help` fast
+  from vit_adapt.checkpoints import model_dir as export
   export.quiet_orbax()
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",

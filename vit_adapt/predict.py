@@ -125,7 +125,7 @@ def top_k(logits: np.ndarray, k: int):
 def predict(checkpoint: str, *, images: str | None = None, array: str | None = None, batch_size: int = 64,
             k: int = 5) -> tuple[list[dict], np.ndarray]:
   """Library form of the CLI: -> (records, logits (N, C))."""
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   if bool(images) == bool(array):
     raise UserError("pass exactly one of --images=FOLDER_OR_GLOB or --array=X.npy.")
   if batch_size < 1:
@@ -156,7 +156,7 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
 
 @cli_main
 def main(argv):
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not FLAGS.checkpoint:

@@ -28,7 +28,7 @@ def load_backbone(path: str, params: dict, *, config) -> dict:
 
 def _from_model_dir(path: str, params: dict) -> dict:
   """Backbone weights of a vit_adapt model directory, plus those method parameters the target also has."""
-  from vit_adapt.checkpoints import export
+  from vit_adapt.checkpoints import model_dir as export
   _, _, _, variables = export.load_model_dir(path)
   src = merge_lib.flat(variables["params"])
   tgt = merge_lib.flat(params)

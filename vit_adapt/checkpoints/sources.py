@@ -11,15 +11,13 @@ A source turns the tensors of a foreign file into our parameter tree:
             fills them in, or fails when the config says otherwise. The backbone architecture and the class
             count are inferred by `convert` itself from the backbone names.
 
-`npz` and `timm` live here. Each method adds `official-<method>` from its own module
-`vit_adapt/checkpoints/official_<method>.py` by calling `register_source` at import; the registry imports every
-such module on first use, so nothing else needs editing to add one.
+`npz` and `timm` live here. A method with an official code adds `official-<method>` from its own package
+(`vit_adapt/methods/<method>/official.py` calls `register_source` when the method registers), so this package
+never imports a method.
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from typing import Callable
 
 import ml_collections
@@ -30,7 +28,6 @@ from vit_adapt.errors import UserError
 
 Converter = Callable[[Tensors, ml_collections.ConfigDict], tuple[dict, dict]]
 _SOURCES: dict[str, Converter] = {}
-_discovered = False
 
 
 def register_source(name: str, fn: Converter) -> Converter:
@@ -40,25 +37,12 @@ def register_source(name: str, fn: Converter) -> Converter:
   return fn
 
 
-def _discover() -> None:
-  """Imports every `vit_adapt.checkpoints.official_*` module so its sources register."""
-  global _discovered
-  if _discovered:
-    return
-  _discovered = True
-  from vit_adapt import checkpoints
-  for mod in pkgutil.iter_modules(checkpoints.__path__):
-    if mod.name.startswith("official_"):
-      importlib.import_module(f"vit_adapt.checkpoints.{mod.name}")
-
 
 def source_names() -> list[str]:
-  _discover()
   return sorted(_SOURCES)
 
 
 def get_source(name: str) -> Converter:
-  _discover()
   if name not in _SOURCES:
     raise UserError(f"--source={name!r} is not a checkpoint source. Valid sources: {', '.join(sorted(_SOURCES))}.")
   return _SOURCES[name]

@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from vit_adapt.data.tasks import Task
+from vit_adapt.data.datasets import Task
 
 NUM_TEST = 360
 _SPLIT_SEED = 0

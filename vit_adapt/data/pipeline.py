@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from vit_adapt.data import images, sources, transforms
-from vit_adapt.data.tasks import Task
+from vit_adapt.data.datasets import Task
 from vit_adapt.errors import UserError
 
 

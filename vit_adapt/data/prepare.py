@@ -15,7 +15,7 @@ import os
 
 from absl import app, flags, logging
 
-from vit_adapt.data import tasks as tasks_lib
+from vit_adapt.data import datasets as tasks_lib
 from vit_adapt.errors import UserError, cli_main
 
 FLAGS = flags.FLAGS

@@ -11,7 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from vit_adapt.data import tasks as tasks_lib
+from vit_adapt.data import datasets as tasks_lib
 from vit_adapt.errors import UserError
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from vit_adapt.data.tasks import Task
+from vit_adapt.data.datasets import Task
 from vit_adapt.errors import UserError
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vit_adapt import mesh as mesh_lib
+from vit_adapt.train import mesh as mesh_lib
 
 
 def make_eval_step(model, method) -> Callable:

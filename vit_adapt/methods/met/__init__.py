@@ -38,8 +38,8 @@ import ml_collections
 
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
-from vit_adapt.methods import met_exit
-from vit_adapt.methods import met_loss
+from vit_adapt.methods.met import exit as met_exit
+from vit_adapt.methods.met import loss as met_loss
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import ACTIVATIONS, torch_linear_kernel_init
 

@@ -24,12 +24,12 @@ import fcntl
 import os
 import signal
 import subprocess
-import sys
 import time
 from typing import Callable, Sequence
 
-from vit_adapt import sweep_devices, sweep_state
-from vit_adapt.sweep_grid import Run
+from vit_adapt.sweep import devices as sweep_devices
+from vit_adapt.sweep import state as sweep_state
+from vit_adapt.sweep.grid import Run
 
 _PR_SET_PDEATHSIG = 1
 

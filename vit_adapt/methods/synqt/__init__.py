@@ -362,10 +362,12 @@ def post_load(params, config):
 
 
 def _feature_cache(config, workdir, model, variables):
-  from vit_adapt.methods import synqt_cache  # the cache needs the data pipeline; import it only when used
+  from vit_adapt.methods.synqt import cache as synqt_cache  # the cache needs the data pipeline; import it only when used
   return synqt_cache.feature_cache(config, workdir, model, variables)
 
 
 SYNQT = base.register(base.Method(
     name="synqt", model_cls=SynQTViT, trainable=(r"^qsm/", r"^synqt_head/", r"^head/"), defaults=defaults,
     model_kwargs=model_kwargs, post_load=post_load, feature_cache=_feature_cache, doc=__doc__))
+
+from vit_adapt.methods.synqt import official  # noqa: E402,F401  (registers the official-synqt checkpoint source)

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from vit_adapt import train_state as train_state_lib
+from vit_adapt.train import step as train_state_lib
 from vit_adapt.errors import UserError
 
 

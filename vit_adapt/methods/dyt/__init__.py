@@ -42,10 +42,11 @@ import ml_collections
 import optax
 
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base, dyt_flops
+from vit_adapt.methods import base
+from vit_adapt.methods.dyt import flops as dyt_flops
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import Adapter
-from vit_adapt.ops import tokens
+from vit_adapt.models import tokens
 
 DISPATCHES = ("mlp", "attention", "attention_mlp", "layer")
 INFERENCE = ("threshold", "capacity", "masked")
@@ -312,3 +313,5 @@ DYT = base.register(base.Method(
     name="dyt", model_cls=DyTVisionTransformer, trainable=(r"/adapter/", r"/router/", r"^head/"),
     defaults=defaults, model_kwargs=model_kwargs, loss=loss, rng_streams=("gumbel",), eval_stats=eval_stats,
     doc=__doc__))
+
+from vit_adapt.methods.dyt import official  # noqa: E402,F401  (registers the official-dyt checkpoint source)

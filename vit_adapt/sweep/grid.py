@@ -22,7 +22,7 @@ from typing import Any, Sequence
 from vit_adapt.errors import UserError
 
 # The 19 VTAB-1k tasks in the canonical order of the papers' tables, by group (Natural, Specialized,
-# Structured). The names are the `vtab/<task>` names of `vit_adapt.data.tasks`.
+# Structured). The names are the `vtab/<task>` names of `vit_adapt.data.datasets`.
 VTAB_GROUPS: dict[str, tuple[str, ...]] = {
     "natural": ("caltech101", "cifar100", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
     "specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),

@@ -17,10 +17,15 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from vit_adapt import config_lib, efficiency, evaluate, methods, optim, reporting
-from vit_adapt import mesh as mesh_lib
-from vit_adapt import train_checkpoints, train_state
-from vit_adapt.checkpoints import export
+from vit_adapt import config_lib, methods
+from vit_adapt.efficiency import report as efficiency
+from vit_adapt.train import evaluate
+from vit_adapt.train import optim
+from vit_adapt.train import writers as reporting
+from vit_adapt.train import mesh as mesh_lib
+from vit_adapt.train import checkpoints as train_checkpoints
+from vit_adapt.train import step as train_state
+from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base as methods_base
 

@@ -13,7 +13,7 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   replaced by each of --tasks
   --tasks         'all' (the 19 VTAB-1k tasks), 'natural' | 'specialized' | 'structured', or task names
                   (comma-separated, e.g. vtab/dtd,vtab/svhn); empty = the config's own task
-  --grid          'key=[v1,v2];key2=[...]' over config fields (product); see vit_adapt/sweep_grid.py
+  --grid          'key=[v1,v2];key2=[...]' over config fields (product); see vit_adapt/sweep/grid.py
   --overrides     'key=v;key2=v2' applied to every run, not part of run names (data paths, steps, ...)
   --runs_per_device  several small runs per accelerator (memory is split between them on GPU)
   --devices       use only the first N devices (0 = all the probe finds)
@@ -21,7 +21,7 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   a file system; each shard writes its own state file)
   --share_features  'auto': runs whose training never changes the backbone's image features (linear probe)
                   and that differ only in optimiser settings or seed train together on features computed once
-                  (vit_adapt/shared_features.py); SynQT runs with `method.cache_features` whose frozen
+                  (vit_adapt/sweep/shared_features.py); SynQT runs with `method.cache_features` whose frozen
                   features agree share one feature cache (the first builds it, the others start after it);
                   'off': every run on its own
 """
@@ -33,8 +33,11 @@ import sys
 
 from absl import app, flags
 
-from vit_adapt import sweep_devices, sweep_grid, sweep_runner, sweep_state
 from vit_adapt.errors import UserError, cli_main
+from vit_adapt.sweep import devices as sweep_devices
+from vit_adapt.sweep import runner as sweep_runner
+from vit_adapt.sweep import state as sweep_state
+from vit_adapt.sweep.plan import make_jobs, make_runs, parse_shard
 
 _CONFIG = flags.DEFINE_multi_string("config", None, "Config file[:arg]; repeat for several methods.")
 _TASKS = flags.DEFINE_string("tasks", "", "'all', a group name, or comma-separated task names.")
@@ -48,71 +51,6 @@ _RETRIES = flags.DEFINE_integer("retries", 0, "Retries of a failed run within th
 _SHARE = flags.DEFINE_enum("share_features", "auto", ["auto", "off"], "Frozen-feature sharing (see doc).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their commands, run nothing.")
 _PROGRESS = flags.DEFINE_float("progress_every_s", 60.0, "Seconds between progress lines while nothing changes.")
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-  try:
-    i, n = (int(x) for x in text.split("/"))
-  except ValueError:
-    raise UserError(f"--shard={text!r}: expected 'i/n', e.g. --shard=0/4.") from None
-  if not (n >= 1 and 0 <= i < n):
-    raise UserError(f"--shard={text!r}: need 0 <= i < n.")
-  return i, n
-
-
-def _config_task(ref: sweep_grid.ConfigRef) -> str | None:
-  """The task a config file selects by itself (e.g. `:demo` -> demo/digits), for run names."""
-  from vit_adapt import shared_features
-  try:
-    return shared_features.load_config(ref.path + (":" + ref.arg if ref.arg else ""), {}).dataset.name
-  except Exception:  # noqa: BLE001 -- a config that does not load fails in its own run, with its own message
-    return None
-
-
-def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> list[sweep_grid.Run]:
-  from vit_adapt.data import tasks as tasks_lib
-  refs = [sweep_grid.ConfigRef.parse(c) for c in configs]
-  task_names = sweep_grid.parse_tasks(tasks)
-  for name in task_names:
-    tasks_lib.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
-  if not task_names:
-    for ref in refs:
-      if not ref.task_in_arg():
-        ref.default_task = _config_task(ref)
-  runs = sweep_grid.expand(refs, task_names, sweep_grid.parse_grid(grid),
-                           sweep_grid.parse_overrides(overrides))
-  i, n = shard
-  return runs[i::n]
-
-
-def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> list[sweep_runner.Job]:
-  """Single-run jobs, except groups of runs that can share frozen features (one job per group)."""
-  groups: list[list[sweep_grid.Run]] = []
-  synqt: dict[str, tuple[str, str]] = {}
-  if share == "auto":
-    from vit_adapt import shared_features
-    groups = shared_features.plan_groups(runs)
-    synqt = shared_features.plan_synqt_cache(runs, workdir)
-  grouped = {r.name for g in groups for r in g}
-  jobs = []
-  for g in groups:
-    group_dir = shared_features.group_dir(workdir, g)
-    jobs.append(sweep_runner.Job(runs=g, command=shared_features.group_command(python, workdir, g, group_dir),
-                                 log_dir=group_dir))
-  by_name: dict[str, sweep_runner.Job] = {}
-  for r in runs:
-    if r.name in grouped:
-      continue
-    if r.name in synqt:  # one shared SynQT feature cache per group; the group's first run builds it
-      r.overrides = {**r.overrides, "method.cache_dir": synqt[r.name][0]}
-    job = sweep_runner.Job(runs=[r], command=r.command(python, os.path.join(workdir, r.name)),
-                           log_dir=os.path.join(workdir, r.name))
-    by_name[r.name] = job
-    jobs.append(job)
-  for name, (_, leader) in synqt.items():
-    if name != leader and name in by_name:
-      by_name[name].after = by_name[leader]
-  return jobs
 
 
 @cli_main

@@ -55,7 +55,7 @@ def with_method_fields(config, **fields) -> ml_collections.ConfigDict:
 # (computed once per split), which is exactly what the early-exit pass returns (tests/test_met.py).
 
 def _met_outputs(ctx: Context, split: str):
-  from vit_adapt import met_calibrate
+  from vit_adapt.methods.met import calibrate as met_calibrate
   if split not in ctx.cache:
     ctx.cache[split] = met_calibrate.exit_outputs(ctx.config, ctx.model, ctx.variables, split,
                                                   batch_size=ctx.batch_size)
@@ -63,12 +63,12 @@ def _met_outputs(ctx: Context, split: str):
 
 
 def _met_calib_split(ctx: Context) -> str:
-  from vit_adapt import met_calibrate
+  from vit_adapt.methods.met import calibrate as met_calibrate
   return ctx.calib_split or met_calibrate.default_split(ctx.config)
 
 
 def _met_thresholds(ctx: Context, value: float):
-  from vit_adapt import met_calibrate
+  from vit_adapt.methods.met import calibrate as met_calibrate
   costs = ctx.model.exit_gmacs
   conf, _ = _met_outputs(ctx, _met_calib_split(ctx))
   target = min(max(value * costs[-1], costs[0]), costs[-1])
@@ -81,7 +81,7 @@ def met_apply(ctx: Context, value: float):
 
 
 def met_sweep(ctx: Context, values: Sequence[float]) -> list[dict]:
-  from vit_adapt import met_calibrate
+  from vit_adapt.methods.met import calibrate as met_calibrate
   conf, correct = _met_outputs(ctx, ctx.split)
   rows = []
   for v in values:

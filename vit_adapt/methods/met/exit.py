@@ -21,8 +21,8 @@ import math
 import jax
 import jax.numpy as jnp
 
-from vit_adapt import efficiency_lib
-from vit_adapt.ops import tokens
+from vit_adapt.efficiency import measure as efficiency_lib
+from vit_adapt.models import tokens
 
 
 def max_softmax(logits):

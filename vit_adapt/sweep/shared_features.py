@@ -1,0 +1,419 @@
+r"""Frozen-feature sharing: several linear-probe runs on one task trained together on features computed once.
+
+When a method's trainable parameters never change the backbone's computation on the image tokens, the frozen
+features of every training and evaluation image are the same in every run of a sweep over the method's
+optimiser settings or seeds. This module computes them once (the pre-logits of the frozen backbone, in the
+order of the split) and trains all runs of the group in one process:
+
+  * runs that differ only in `seed` train in lockstep under `jax.vmap` (stacked head parameters, optimizer
+    states and per-run batches of feature rows);
+  * runs with different optimiser or schedule settings (learning rate, weight decay, epochs...) each get their
+    own vmapped step; steps of equal length and batch size are fused into one jitted call per step.
+
+It is exact, not an approximation: each run sees the same batches in the same order as `vit_adapt.train` would
+give it (the same grain shuffle of the same split indices, reproduced here on the indices), starts from the same
+head initialisation, and is updated by the trainer's own `make_train_step` (loss, AdamW, schedule, policies),
+applied to a head-only model over the cached features. The result equals separate `train_and_evaluate` runs up to
+floating-point rounding (the backbone is compiled as a separate program); tests/test_shared_features.py checks it.
+
+Eligible (everything else runs on its own, unchanged):
+  method 'linear'; `dataset.augment='none'`, `mixup=cutmix=0` (training images are the plain resized images);
+  `model.dropout=drop_path=0` (the frozen backbone is deterministic in training mode); a single process.
+The group key holds every setting the features depend on (model, dataset, the seed when the backbone is random,
+i.e. `model.init=''`); groups need at least two runs.
+
+Each run directory gets the trainer's files: `results.json` (with a `shared_features` entry describing the
+group), `config.json`, `metrics.jsonl` and a final checkpoint in the trainer's format. The group's features are
+cached in `<workdir>/_shared/.../features_<split>.npz`, so an interrupted group job restarts from them.
+
+  python -m vit_adapt.shared_features --group=<workdir>/_shared/<...>/group.json   (written by vit_adapt.sweep)
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import time
+from typing import Any, Sequence
+
+from absl import flags, logging
+
+from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.errors import UserError
+
+ELIGIBLE_METHODS = ("linear",)
+GROUP_FILE = "group.json"
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def load_config(config_arg: str, overrides: dict):
+  """The config `python -m vit_adapt.main --config=<config_arg> --config.k=v ...` would build (same parser)."""
+  from ml_collections import config_flags
+  argv = (["shared_features", f"--config={config_arg}"]
+          + [f"--config.{k}={sweep_grid.format_value(v)}" for k, v in overrides.items()])
+  fv = flags.FlagValues()
+  # `sys_argv` tells the config flag which `--config.*` override flags to define before parsing.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  return fv["config"].value
+
+
+def ineligible_reason(config) -> str | None:
+  """Why a run cannot share frozen features (None = it can)."""
+  if config.method.name not in ELIGIBLE_METHODS:
+    return f"method {config.method.name!r} trains inside the backbone"
+  d, m = config.dataset, config.model
+  if d.augment != "none" or d.mixup > 0 or d.cutmix > 0:
+    return "training images are augmented or mixed"
+  if m.dropout > 0 or m.drop_path > 0:
+    return "the frozen backbone is stochastic in training (dropout / drop_path)"
+  return None
+
+
+def feature_key(config, method_fields: Sequence[str] | None = None) -> str:
+  """Everything the cached features depend on, as a canonical JSON string.
+
+  `method_fields`: the method fields that matter (None = all of them, the conservative choice).
+  """
+  c = config.to_dict()
+  dataset = {k: v for k, v in c["dataset"].items() if k not in ("label_smoothing", "num_threads", "prefetch")}
+  method = c["method"] if method_fields is None else {k: c["method"].get(k) for k in method_fields}
+  key = {"model": c["model"], "dataset": dataset, "eval": c["eval"], "efficiency": c["efficiency"],
+         "method": method}
+  if not c["model"]["init"]:
+    key["seed"] = c["seed"]  # a random backbone is drawn from the seed
+  return json.dumps(key, sort_keys=True, default=str)
+
+
+def plan_groups(runs: Sequence[sweep_grid.Run]) -> list[list[sweep_grid.Run]]:
+  """Groups of >= 2 runs that can share features; runs whose config fails to load are left out (they run on
+  their own and report their error there)."""
+  by_key: dict[str, list] = {}
+  for run in runs:
+    try:
+      config = load_config(run.config, run.overrides)
+    except Exception:  # noqa: BLE001 -- a broken run is reported by its own job, not by the planner
+      continue
+    if ineligible_reason(config) is None:
+      by_key.setdefault(feature_key(config), []).append(run)
+  return [g for g in by_key.values() if len(g) >= 2]
+
+
+# SynQT trains with its own cache of frozen image features (vit_adapt/methods/synqt/cache.py: fingerprinted by
+# the frozen weights and the data, resumable). Runs of a sweep whose features agree point at one shared
+# `method.cache_dir`; the first run of each group builds the cache and the others start after it, reusing it.
+_SYNQT_CACHE_FIELDS = ("name", "cache_features", "cache_dtype")
+
+
+def plan_synqt_cache(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[str, tuple[str, str]]:
+  """run name -> (shared cache dir, name of the group's first run) for SynQT runs with cached features."""
+  by_key: dict[str, list] = {}
+  for run in runs:
+    try:
+      config = load_config(run.config, run.overrides)
+    except Exception:  # noqa: BLE001 -- reported by the run's own job
+      continue
+    m, d = config.method, config.dataset
+    if (m.name != "synqt" or not m.get("cache_features") or m.get("cache_dir")
+        or d.augment != "none" or d.mixup > 0 or d.cutmix > 0):
+      continue
+    by_key.setdefault(feature_key(config, _SYNQT_CACHE_FIELDS), []).append(run)
+  plan = {}
+  for key, group in by_key.items():
+    if len(group) < 2:
+      continue
+    cache = os.path.join(workdir, "_shared", "synqt_cache", hashlib.sha1(key.encode()).hexdigest()[:12])
+    for run in group:
+      plan[run.name] = (cache, group[0].name)
+  return plan
+
+
+def group_dir(workdir: str, runs: Sequence[sweep_grid.Run]) -> str:
+  digest = hashlib.sha1("\n".join(sorted(r.name for r in runs)).encode()).hexdigest()[:10]
+  return os.path.join(workdir, "_shared", runs[0].task, runs[0].config_label, digest)
+
+
+def group_command(python: str, workdir: str, runs: Sequence[sweep_grid.Run], gdir: str) -> list[str]:
+  """Writes the group file and returns the job's command line."""
+  os.makedirs(gdir, exist_ok=True)
+  spec = {"runs": [{"name": r.name, "config": r.config, "overrides": r.overrides,
+                    "workdir": os.path.join(workdir, r.name)} for r in runs]}
+  with open(os.path.join(gdir, GROUP_FILE), "w") as f:
+    json.dump(spec, f, indent=1, default=str)
+  return [python, "-m", "vit_adapt.shared_features", f"--group={os.path.join(gdir, GROUP_FILE)}"]
+
+
+# ------------------------------------------------------------------------------------------------ features
+def _head_model(model):
+  """The classifier alone, as a model over features: same `head` module (name, init, dtype) as the backbone."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  class HeadOnFeatures(nn.Module):
+    num_classes: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, features, train: bool = False):
+      logits = nn.Dense(self.num_classes, dtype=self.dtype, name="head")(features)
+      return logits.astype(jnp.float32), {"pre_logits": features}
+
+  return HeadOnFeatures(num_classes=model.num_classes, dtype=model.dtype)
+
+
+def compute_features(config, model, variables, split: str, cache: str | None = None):
+  """-> (features (N, D) in split order, labels (N,)): pre-logits of the frozen backbone, cached in `cache`."""
+  import jax
+  import numpy as np
+  from vit_adapt.data import pipeline
+  if cache and os.path.isfile(cache):
+    with np.load(cache, allow_pickle=False) as z:
+      return z["features"], z["labels"]
+  # Evaluation batches of the split: its records in index order, resized and normalised exactly like training
+  # images are when nothing is augmented (eligibility), padded to a static batch shape and masked.
+  fn = jax.jit(lambda v, x: model.apply(v, x, train=False)[1]["pre_logits"])
+  feats, labels = [], []
+  for batch in pipeline.eval_batches(config, split, process_index=0, process_count=1):
+    mask = np.asarray(batch["mask"], bool)
+    feats.append(np.asarray(jax.device_get(fn(variables, batch["image"])))[mask])
+    labels.append(np.asarray(batch["label"])[mask])
+  feats, labels = np.concatenate(feats), np.concatenate(labels).astype(np.int32)
+  if cache:
+    tmp = cache + ".tmp.npz"
+    np.savez(tmp, features=feats, labels=labels)
+    os.replace(tmp, cache)
+  return feats, labels
+
+
+def batch_indices(config, num_train: int, seed: int, total_steps: int):
+  """(total_steps, batch) rows of the training split in the order `data.pipeline.train_iterator` reads them:
+  the same grain seed and shuffle over the split's indices, reshuffled each epoch, batches crossing epochs."""
+  import grain
+  import numpy as np
+  from vit_adapt.data import pipeline
+  b = int(config.train.batch_size)
+  ds = grain.MapDataset.range(num_train)[0::1].seed(pipeline._host_seed(seed, 0)).shuffle().repeat(None)
+  flat = np.fromiter((ds[k] for k in range(total_steps * b)), np.int32, total_steps * b)
+  return flat.reshape(total_steps, b)
+
+
+# ------------------------------------------------------------------------------------------------ training
+def _stack(trees):
+  import jax
+  import numpy as np
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
+
+
+def _unstack(tree, n: int):
+  import jax
+  return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
+
+
+def _subgroup_key(config) -> str:
+  """Runs whose configs differ only in `seed` share one optimizer and schedule: they train under one vmap."""
+  c = config.to_dict()
+  c.pop("seed")
+  return json.dumps(c, sort_keys=True, default=str)
+
+
+class _Subgroup:
+  """Runs with identical training settings (seeds differ): one vmapped train step over stacked states."""
+
+  def __init__(self, idx, configs, heads, head_model, method, num_train: int):
+    import jax
+    from vit_adapt.train import optim
+    from vit_adapt.train import loop as train
+    from vit_adapt.train import step as train_state
+    self.idx = idx
+    c = configs[idx[0]]
+    self.config = c
+    _, self.total_steps, warmup = train.schedule_lengths(c, num_train)
+    self.batch_size = int(c.train.batch_size)
+    trainables = []
+    for i in idx:
+      trainable, frozen = optim.split_trainable({"head": heads[configs[i].seed]}, method, c.optim)
+      trainables.append(trainable)
+    self.frozen = frozen
+    self.tx, self.schedule = optim.make_optimizer(c.optim, trainables[0], self.total_steps, warmup)
+    states = [train_state.create(t, {}, self.tx, configs[i].seed) for t, i in zip(trainables, idx)]
+    self.state = jax.device_put(_stack(states))
+    step = train_state.make_train_step(head_model, method, c, self.tx, self.schedule)
+    self.vstep = jax.vmap(step, in_axes=(0, None, 0))
+    self.order = _stack([batch_indices(c, num_train, configs[i].seed, self.total_steps) for i in idx])
+    self.smoothing = float(c.dataset.label_smoothing)
+    self.num_classes = head_model.num_classes
+
+
+def _make_bundle_step(subgroups):
+  """One jitted call per step for all subgroups of equal length: gathers each run's feature rows on device."""
+  import jax
+  import jax.numpy as jnp
+
+  def bundle_step(states, feats, labels, rows):
+    out_states, out_metrics = [], []
+    for sg, state, r in zip(subgroups, states, rows):
+      lab = labels[r]  # (R, b)
+      batch = {"image": feats[r], "label": lab}
+      if sg.smoothing > 0:
+        # transforms.smooth_one_hot, as the pipeline emits it when label smoothing is on.
+        off = sg.smoothing / sg.num_classes
+        onehot = jax.nn.one_hot(lab, sg.num_classes, dtype=jnp.float32)
+        batch["soft_label"] = jnp.where(onehot > 0, jnp.float32(1.0 - sg.smoothing + off), jnp.float32(off))
+      s, m = sg.vstep(state, sg.frozen, batch)
+      out_states.append(s)
+      out_metrics.append(m)
+    return tuple(out_states), tuple(out_metrics)
+
+  return jax.jit(bundle_step, donate_argnums=0)
+
+
+def _evaluate(head_model, method, params_stacked, feats, labels, batch_size: int) -> list[dict]:
+  """The trainer's masked eval sums (vit_adapt.evaluate) per run, over padded batches of eval features."""
+  import jax
+  import numpy as np
+  from vit_adapt.train import evaluate
+  step = jax.jit(jax.vmap(evaluate.make_eval_step(head_model, method), in_axes=(0, None)))
+  n = len(labels)
+  totals: dict[str, np.ndarray] = {}
+  for start in range(0, n, batch_size):
+    f, lab = feats[start:start + batch_size], labels[start:start + batch_size]
+    pad = batch_size - len(lab)
+    mask = np.concatenate([np.ones(len(lab), bool), np.zeros(pad, bool)])
+    f = np.concatenate([f, np.zeros((pad,) + f.shape[1:], f.dtype)])
+    lab = np.concatenate([lab, np.zeros(pad, lab.dtype)])
+    sums = jax.device_get(step({"params": params_stacked}, {"image": f, "label": lab, "mask": mask}))
+    for k, v in sums.items():
+      totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+  out = []
+  for i in range(len(totals["count"])):
+    count = float(totals["count"][i])
+    out.append({"top1": float(totals["correct"][i]) / count, "loss": float(totals["loss"][i]) / count,
+                "num_examples": int(count)})
+  return out
+
+
+def train_group(specs: list[dict], gdir: str) -> list[dict]:
+  """Trains the group's runs that have no results.json yet; returns their results."""
+  import jax
+  import numpy as np
+  from vit_adapt import config_lib, methods
+  from vit_adapt.efficiency import report as efficiency
+  from vit_adapt.train import writers as reporting
+  from vit_adapt.train import checkpoints as train_checkpoints
+  from vit_adapt.data import pipeline
+  from vit_adapt.methods import base as methods_base
+
+  t_start = time.time()
+  if jax.process_count() > 1:
+    raise UserError("shared-feature training runs in one process; run multi-host jobs with --share_features=off.")
+  todo = [s for s in specs if not os.path.isfile(os.path.join(s["workdir"], "results.json"))]
+  if not todo:
+    logging.info("every run of the group has results.json; nothing to do")
+    return []
+  os.makedirs(gdir, exist_ok=True)
+  configs = [load_config(s["config"], s["overrides"]) for s in todo]
+  for c in configs:
+    config_lib.validate(c)
+  keys = {feature_key(c) for c in configs}
+  reasons = [r for r in (ineligible_reason(c) for c in configs) if r]
+  if len(keys) != 1 or reasons:
+    raise UserError(f"group {gdir}: its runs cannot share features ({reasons or 'different feature settings'}).")
+  c0 = configs[0]
+
+  # ------------------------------------------------------------------------------------------- backbone
+  model, method = methods.build_model(c0)
+  heads, variables0 = {}, None
+  for c in configs:  # the head each seed starts from, exactly as the trainer initialises it
+    if c.seed not in heads:
+      v = dict(methods.init_variables(model, method, c))
+      heads[c.seed] = v["params"]["head"]
+      variables0 = variables0 or v
+  head_model = _head_model(model)
+
+  # ------------------------------------------------------------------------------------------- features
+  t0 = time.time()
+  train_f, train_y = compute_features(c0, model, variables0, c0.dataset.split,
+                                      os.path.join(gdir, f"features_{c0.dataset.split}.npz"))
+  eval_f, eval_y = compute_features(c0, model, variables0, c0.dataset.eval_split,
+                                    os.path.join(gdir, f"features_{c0.dataset.eval_split}.npz"))
+  feature_time = time.time() - t0
+  num_train = len(train_y)
+  logging.info("features: %s %d x %d, %s %d (%.1fs)", c0.dataset.split, num_train, train_f.shape[1],
+               c0.dataset.eval_split, len(eval_y), feature_time)
+  dtype = model.dtype
+  feats_dev = jax.device_put(train_f.astype(np.float32)).astype(dtype)
+  labels_dev = jax.device_put(train_y)
+
+  # ------------------------------------------------------------------------------------------- train
+  by_key: dict[str, list[int]] = {}
+  for i, c in enumerate(configs):
+    by_key.setdefault(_subgroup_key(c), []).append(i)
+  subgroups = [_Subgroup(idx, configs, heads, head_model, method, num_train) for idx in by_key.values()]
+  bundles: dict[tuple, list] = {}
+  for sg in subgroups:
+    bundles.setdefault((sg.total_steps, sg.batch_size), []).append(sg)
+  # The last `log_every_steps` losses of each run (the trainer's final_train_loss is their mean).
+  losses = {i: collections.deque(maxlen=max(int(c.train.log_every_steps), 1)) for i, c in enumerate(configs)}
+  writers = {i: reporting.JsonlWriter(os.path.join(todo[i]["workdir"], "metrics.jsonl")) for i in range(len(todo))}
+  for i, s in enumerate(todo):
+    os.makedirs(s["workdir"], exist_ok=True)
+    reporting.write_json(os.path.join(s["workdir"], "config.json"), configs[i].to_dict())
+  for (total_steps, _), sgs in bundles.items():
+    step_fn = _make_bundle_step(sgs)
+    states = tuple(sg.state for sg in sgs)
+    for t in range(total_steps):
+      rows = tuple(jax.device_put(sg.order[:, t]) for sg in sgs)
+      states, metrics = step_fn(states, feats_dev, labels_dev, rows)
+      for sg, m in zip(sgs, metrics):
+        for j, i in enumerate(sg.idx):
+          losses[i].append(m["loss"][j])
+      if (t + 1) % max(int(c0.train.log_every_steps), 1) == 0 or t + 1 == total_steps:
+        for sg, m in zip(sgs, jax.device_get(metrics)):
+          for j, i in enumerate(sg.idx):
+            writers[i].write_scalars(t + 1, {f"train/{k}": float(np.asarray(v)[j]) for k, v in m.items()})
+    for sg, st in zip(sgs, states):
+      sg.state = st
+
+  # ------------------------------------------------------------------------------------------- eval + report
+  results = []
+  eff_cache: dict[int, dict] = {}
+  for sg in subgroups:
+    evals = _evaluate(head_model, method, {"head": sg.state.params["head"]}, eval_f.astype(np.float32),
+                      eval_y, int(sg.config.eval.batch_size))
+    finals = _unstack(jax.device_get(sg.state), len(sg.idx))
+    for j, i in enumerate(sg.idx):
+      c, spec, state = configs[i], todo[i], finals[j]
+      params = methods_base.merge_params(state.params, {k: v for k, v in variables0["params"].items()
+                                                         if k != "head"})
+      batch_key = int(c.train.batch_size)
+      if batch_key not in eff_cache:
+        local = jax.device_put({"params": params}, jax.local_devices()[0])
+        eff_cache[batch_key] = efficiency.report(c, model, method, local, eval_stats={},
+                                                 measure_throughput=c.efficiency.enabled)
+      last = [float(x) for x in jax.device_get(list(losses[i]))]
+      ckpts = train_checkpoints.TrainCheckpoints(os.path.join(spec["workdir"], "checkpoints"),
+                                                 keep=c.train.keep_checkpoints)
+      # A final checkpoint in the trainer's format: `vit_adapt.main` on this directory finds the run complete.
+      ckpts.save(jax.device_put(state), pipeline.train_iterator(c, seed=c.seed))
+      ckpts.wait_until_finished()
+      ckpts.close()
+      results.append({
+          "task": c.dataset.name, "method": method.name, "top1": evals[j]["top1"],
+          "eval_split": c.dataset.eval_split, "eval_loss": evals[j]["loss"],
+          "num_eval_examples": evals[j]["num_examples"], "train_split": c.dataset.split,
+          "num_train_examples": num_train, "steps": sg.total_steps, "seed": c.seed,
+          "selection": "final model (no selection on the evaluation split)",
+          "final_train_loss": float(np.mean(last)) if last else None,
+          **eff_cache[batch_key], "num_devices": 1,
+          "shared_features": {"group": gdir, "runs": len(configs), "feature_time_s": feature_time},
+          "_workdir": spec["workdir"]})
+  wall = time.time() - t_start
+  for r in results:
+    workdir = r.pop("_workdir")
+    r["wall_time_s"] = wall / len(results)  # the group's time, shared equally
+    r["shared_features"]["group_wall_time_s"] = wall
+    reporting.write_json(os.path.join(workdir, "results.json"), r)
+    print(json.dumps({k: r.get(k) for k in ("task", "method", "seed", "top1", "steps")}), flush=True)
+  return results
