@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from vit_adapt.checkpoints.model_dir import quiet_orbax
-from vit_adapt.errors import UserError, cli_main, parse_flags
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -140,7 +140,6 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
                                meta={"converted_from": os.path.abspath(checkpoint), "source": source})
 
 
-@cli_main
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
@@ -151,7 +150,6 @@ def main(argv):
     raise UserError(f"missing {', '.join(missing)}. Usage: python -m vit_adapt.convert --source=SOURCE "
                     "--checkpoint=PATH --config=configs/X.py [--config.field=value ...] --out=DIR")
   from vit_adapt import checkpoints
-  quiet_orbax()
   checkpoints.get_source(FLAGS.source)  # an unknown source fails before any file is read
   out = convert(FLAGS.source, FLAGS.checkpoint, FLAGS.config, FLAGS.out)
   print(f"wrote {out}")
@@ -159,4 +157,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

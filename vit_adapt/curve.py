@@ -19,7 +19,8 @@ import csv
 import os
 from typing import Sequence
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 
 FIELDS = ("method", "label", "kind", "knob", "value", "gmacs", "accuracy", "detail")
 
@@ -127,16 +128,13 @@ def format_rows(rows: list[dict]) -> str:
   return "\n".join(lines)
 
 
-@cli_main
 def main(argv):
   from absl import flags
-  from vit_adapt.checkpoints import model_dir as export
   fl = flags.FLAGS
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not fl.checkpoint:
     raise UserError("give at least one --checkpoint=DIR (a model directory or a training workdir).")
-  export.quiet_orbax()
   try:
     values = tuple(float(v) for v in fl.values.split(",")) if fl.values else ()
   except ValueError:
@@ -148,7 +146,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_multi_string("checkpoint", None, "Model directory or training workdir (repeat to compare).")
   flags.DEFINE_multi_string("label", None, "Legend label per --checkpoint (default: method (directory)).")
   flags.DEFINE_string("output", "curve", "Output prefix: writes PREFIX.csv and PREFIX.png.")
@@ -158,4 +156,4 @@ if __name__ == "__main__":
                       "else the training split).")
   flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
   flags.DEFINE_string("title", "", "Plot title.")
-  app.run(main)
+  cli.run(main)

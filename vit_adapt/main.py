@@ -7,17 +7,17 @@ Re-running the same command resumes from the latest checkpoint in --workdir. Res
 
 import json
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from vit_adapt.errors import UserError, cli_main, parse_flags
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json (resumes if it has some).")
 FLAGS = flags.FLAGS
 
 
-@cli_main
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; use --config=... --workdir=...")
@@ -25,8 +25,6 @@ def main(argv):
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
   from vit_adapt.train import loop as train  # after flag parsing: keeps `--help` fast
-  from vit_adapt.checkpoints import model_dir as export
-  export.quiet_orbax()
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
           "peak_train_memory_bytes", "wall_time_s")
@@ -37,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

@@ -5,19 +5,17 @@ r"""Early-exit thresholds for a trained MET model:
 What it computes and where it writes: `vit_adapt.methods.met.calibrate`.
 """
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 from vit_adapt.methods.met.calibrate import calibrate, format_table
 
-@cli_main
 def main(argv):
   from absl import flags
-  from vit_adapt.checkpoints import model_dir as export
   flags_ = flags.FLAGS
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not flags_.checkpoint:
     raise UserError("--checkpoint=DIR is required (a MET model directory or its training workdir).")
-  export.quiet_orbax()
   try:
     dist = tuple(float(x) for x in flags_.distribution.split(",")) if flags_.distribution else ()
   except ValueError:
@@ -32,7 +30,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   flags.DEFINE_string("checkpoint", None, "A MET model directory, or a training workdir with model/ inside.")
   flags.DEFINE_string("split", "", "Held-out split to calibrate on (default: val200 for VTAB-1k, else the "
                       "training split).")
@@ -43,4 +41,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("confidence", "", "max_softmax | entropy (default: the model's config).")
   flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
   flags.DEFINE_bool("dry_run", False, "Print the table without writing the thresholds.")
-  app.run(main)
+  cli.run(main)

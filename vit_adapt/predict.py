@@ -22,9 +22,10 @@ import sys
 from typing import Iterator
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from vit_adapt.errors import UserError, cli_main, parse_flags
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -154,14 +155,11 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
   return records, logits
 
 
-@cli_main
 def main(argv):
-  from vit_adapt.checkpoints import model_dir as export
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not FLAGS.checkpoint:
     raise UserError("--checkpoint=DIR is required (a model directory or a training workdir).")
-  export.quiet_orbax()
   records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array,
                             batch_size=FLAGS.batch_size, k=FLAGS.top_k)
   lines = "".join(json.dumps(r) + "\n" for r in records)
@@ -177,4 +175,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

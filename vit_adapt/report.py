@@ -5,16 +5,16 @@ r"""Tables and plots of a sweep's results:
 What it writes: `vit_adapt.sweep.report`.
 """
 
-from absl import app, flags
+from absl import flags
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 from vit_adapt.sweep.report import make_report
 
 _OUT = flags.DEFINE_string("out", None, "Output directory (default <dir>/report).")
 _PLOTS = flags.DEFINE_bool("plots", True, "Draw the PNG plots.")
 
 
-@cli_main
 def main(argv):
   if len(argv) != 2:
     raise UserError("usage: python -m vit_adapt.report DIR [--out=DIR/report]")
@@ -24,4 +24,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -8,15 +8,15 @@ What it does: `vit_adapt.sweep.shared_features`.
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 from vit_adapt.sweep.shared_features import train_group
 
 _GROUP = flags.DEFINE_string("group", None, "group.json written by vit_adapt.sweep.")
 
 
-@cli_main
 def main(argv):
   if len(argv) > 1 or not _GROUP.value:
     raise UserError("usage: python -m vit_adapt.shared_features --group=<dir>/group.json")
@@ -26,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

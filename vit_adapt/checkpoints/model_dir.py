@@ -27,17 +27,6 @@ VERSION = 1
 SCOPES = ("full", "trainable")
 
 
-class _DropOrbaxInfo:
-  def filter(self, record):
-    return record.levelno > 20 or "/orbax/" not in record.pathname
-
-
-def quiet_orbax() -> None:
-  """CLIs: drop orbax's INFO records (a dozen lines per save/restore) from the absl console log."""
-  from absl import logging as absl_logging
-  absl_logging.get_absl_handler().addFilter(_DropOrbaxInfo())
-
-
 def _versions() -> dict:
   import flax
   import jax

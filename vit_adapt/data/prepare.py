@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from vit_adapt.data import datasets as tasks_lib
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -131,4 +132,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(cli_main(main))
+  cli.run(main)

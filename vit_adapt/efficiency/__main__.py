@@ -44,10 +44,8 @@ def _eval_stats(config, model, method, variables) -> dict | None:
 
 def main(argv):
   from vit_adapt import config_lib
-  from vit_adapt.checkpoints import model_dir as export
   from vit_adapt.errors import UserError
   del argv
-  export.quiet_orbax()
   config = FLAGS.config
   if config is None and not FLAGS.checkpoint:
     raise UserError("give --config (e.g. --config=configs/adapter_vtab.py) and/or --checkpoint=WORKDIR.")
@@ -66,14 +64,14 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
-  from vit_adapt.errors import cli_main, parse_flags
+  from vit_adapt import cli
   config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:args]).")
   flags.DEFINE_string("checkpoint", None, "A trained model: a workdir of vit_adapt.main or its model/ directory.")
   flags.DEFINE_string("output", None, "Also write the JSON report to this file.")
   flags.DEFINE_bool("eval_gmacs", True, "For methods with input-dependent compute, average their per-image GMACs "
                     "over the eval split (needs the dataset).")
   FLAGS = flags.FLAGS
-  app.run(cli_main(main), flags_parser=parse_flags)
+  cli.run(main)

@@ -31,9 +31,10 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from vit_adapt.errors import UserError, cli_main
+from vit_adapt import cli
+from vit_adapt.errors import UserError
 from vit_adapt.sweep import devices as sweep_devices
 from vit_adapt.sweep import runner as sweep_runner
 from vit_adapt.sweep import state as sweep_state
@@ -53,7 +54,6 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their command
 _PROGRESS = flags.DEFINE_float("progress_every_s", 60.0, "Seconds between progress lines while nothing changes.")
 
 
-@cli_main
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}; flags take the form --name=value.")
@@ -89,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
