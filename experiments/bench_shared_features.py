@@ -46,7 +46,6 @@ def main():
   from vit_adapt.efficiency import measure as efficiency_lib
   from vit_adapt.sweep import shared_features
   from vit_adapt.train import loop as train
-  from vit_adapt.checkpoints import model_dir as export
 
   work = args.workdir or tempfile.mkdtemp(prefix="bench_shared_")
   config_arg = "configs/linear_vtab.py:demo"
@@ -57,7 +56,7 @@ def main():
   if not os.path.isdir(backbone):
     c = shared_features.load_config(config_arg, base)
     model, method = methods.build_model(c)
-    export.save_model_dir(backbone, c, dict(methods.init_variables(model, method, c)))
+    methods.save_model_dir(backbone, c, dict(methods.init_variables(model, method, c)))
   base["model.init"] = backbone
   points = [{"optim.lr": float(lr), "seed": int(s)} for lr in args.lrs.split(",") for s in args.seeds.split(",")]
   specs = [{"name": f"run{i}", "config": config_arg, "overrides": {**base, **p},

@@ -8,7 +8,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from vit_adapt import methods
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.methods import base as methods_base
 
 BASELINES = ("linear", "full", "adapter", "lora", "vpt")
@@ -41,7 +40,7 @@ def check_run(workdir, config, results, num_eval):
   assert int(state["step"]) == 2
   assert set(methods_base.flatten(state["params"])) == set(methods_base.flatten(trainable))
   # The exported model reloads: trained weights moved, the frozen backbone is the initialisation.
-  _, _, _, loaded = export.load_model_dir(workdir)
+  _, _, _, loaded = methods.load_model_dir(workdir)
   flat = methods_base.flatten(loaded["params"])
   for k, v in methods_base.flatten(frozen).items():
     np.testing.assert_array_equal(flat[k], v)

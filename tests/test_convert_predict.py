@@ -21,7 +21,7 @@ from flax import traverse_util
 from PIL import Image
 
 from vit_adapt import convert, methods, predict
-from vit_adapt.checkpoints import model_dir as export
+from vit_adapt.checkpoints import model_dir as model_dir_lib
 from vit_adapt.data import images as images_lib
 from vit_adapt.models import vit
 
@@ -80,7 +80,7 @@ def test_convert_then_predict(method, google_file, pixels, tmp_path):
   path, backbone = google_file
   config = tiny_config(method)
   out = convert.convert("npz", path, config, str(tmp_path / "model"))
-  loaded_config, model, _, variables = export.load_model_dir(out)
+  loaded_config, model, _, variables = methods.load_model_dir(out)
   assert loaded_config.method.name == method
   flat = traverse_util.flatten_dict(variables["params"], sep="/")
   for k, v in traverse_util.flatten_dict(backbone, sep="/").items():
@@ -96,7 +96,7 @@ def test_convert_then_predict(method, google_file, pixels, tmp_path):
   trained = {**variables, "params": methods.merge_params(random_like(trainable, seed=7), frozen)}
   config.model.init = out  # the frozen backbone comes back from here
   workdir = tmp_path / "run"
-  export.save_model_dir(str(workdir / "model"), config, trained, scope="trainable")
+  methods.save_model_dir(str(workdir / "model"), config, trained, scope="trainable")
   records, logits = predict.predict(str(workdir), array=str(tmp_path / "x.npy"), batch_size=len(pixels))
   np.testing.assert_array_equal(logits, direct_logits(model, trained, config, pixels))
   assert [r["index"] for r in records] == list(range(len(pixels)))
@@ -116,7 +116,7 @@ def test_saved_config_round_trips(google_file, tmp_path):
   out = convert.convert("npz", google_file[0], config, str(tmp_path / "model"))
   meta = json.load(open(os.path.join(out, "meta.json")))
   assert meta["scope"] == "full" and meta["source"] == "npz" and meta["method"] == "lora"
-  assert export.read_config(out).to_dict() == config.to_dict()
+  assert model_dir_lib.read_config(out).to_dict() == config.to_dict()
 
 
 def test_cli_convert_then_predict_images(google_file, tmp_path):
@@ -142,7 +142,7 @@ def test_cli_convert_then_predict_images(google_file, tmp_path):
   assert all(len(l["top_classes"]) == 5 and abs(sum(l["top_probs"]) - 1) < 1 for l in lines)
   logits = np.load(tmp_path / "l.npy")
   assert logits.shape == (3, 10)
-  config, model, _, variables = export.load_model_dir(str(out))
+  config, model, _, variables = methods.load_model_dir(str(out))
   pixels = np.stack([images_lib.resize(images_lib.decode(str(folder / f"img{i}.png")), 32) for i in range(3)])
   np.testing.assert_allclose(logits, direct_logits(model, variables, config, pixels), rtol=1e-5, atol=1e-6)
 
@@ -154,11 +154,11 @@ def test_trainable_scope_with_relative_backbone_path(google_file, tmp_path, monk
   config.model.init = os.path.relpath(google_file[0], tmp_path)
   model, method = methods.build_model(config)
   variables = methods.init_variables(model, method, config)
-  export.save_model_dir("run/model", config, variables, scope="trainable")
+  methods.save_model_dir("run/model", config, variables, scope="trainable")
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   monkeypatch.chdir(elsewhere)
-  loaded_config, _, _, loaded = export.load_model_dir(str(tmp_path / "run"))
+  loaded_config, _, _, loaded = methods.load_model_dir(str(tmp_path / "run"))
   assert loaded_config.model.init == google_file[0]
   for a, b in zip(jax.tree_util.tree_leaves(loaded["params"]), jax.tree_util.tree_leaves(variables["params"])):
     np.testing.assert_array_equal(a, b)

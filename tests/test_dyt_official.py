@@ -79,13 +79,12 @@ def test_complete_model_matches_official(converted, reference):
 def test_convert_cli_roundtrip(tmp_path, reference):
   """The `convert` library path writes a model directory whose model reproduces the official logits."""
   from vit_adapt import convert
-  from vit_adapt.checkpoints import model_dir as export
   c = _config()
   c.method.bottleneck = 16  # contradicted by the checkpoint: convert must say so
   with pytest.raises(UserError, match="bottleneck"):
     convert.convert("official-dyt", CKPT, c, str(tmp_path / "bad"))
   out = convert.convert("official-dyt", CKPT, _config(), str(tmp_path / "model"))
-  config, model, _, variables = export.load_model_dir(out)
+  config, model, _, variables = methods.load_model_dir(out)
   logits, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(reference["images_nhwc"]))
   ref = reference["logits"]
   assert float(np.linalg.norm(np.asarray(logits) - ref) / np.linalg.norm(ref)) <= 1e-4

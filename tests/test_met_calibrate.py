@@ -9,7 +9,6 @@ from vit_adapt import config_lib, methods
 from vit_adapt.train import evaluate
 from vit_adapt.methods.met import calibrate as met_calibrate
 from vit_adapt.train import mesh as mesh_lib
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.data import pipeline
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
@@ -51,7 +50,7 @@ def model_dir(tmp_path_factory):
       key, sub = jax.random.split(key)
       params[name] = jax.random.normal(sub, params[name].shape) * 0.3
   d = tmp_path_factory.mktemp("met") / "model"
-  export.save_model_dir(str(d), c, {"params": base.unflatten(params)})
+  methods.save_model_dir(str(d), c, {"params": base.unflatten(params)})
   return str(d)
 
 
@@ -62,7 +61,7 @@ def test_calibrated_model_meets_budget_on_calibration_split(model_dir):
   assert sum(table["exit_fraction"]) == pytest.approx(1.0)
   assert sum(f > 0 for f in table["exit_fraction"]) >= 3
   # Saved next to the checkpoint: the reloaded model early-exits with them through its own inference path.
-  config, model, method, variables = export.load_model_dir(model_dir)
+  config, model, method, variables = methods.load_model_dir(model_dir)
   assert tuple(config.method.thresholds) == pytest.approx(table["thresholds"])
   assert model.thresholds == tuple(config.method.thresholds) and "budget" in config.method.calibration
   config_lib.validate(config)

@@ -9,7 +9,6 @@ import pytest
 
 from vit_adapt import config_lib, curve, methods
 from vit_adapt.methods import knobs as budget_knobs
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 
@@ -28,7 +27,7 @@ def _save(tmp_path, method, name, **fields):
       key, sub = jax.random.split(key)
       params[p] = jax.random.normal(sub, params[p].shape) * 0.3
   d = str(tmp_path / name)
-  export.save_model_dir(d, c, {**variables, "params": base.unflatten(params)})
+  methods.save_model_dir(d, c, {**variables, "params": base.unflatten(params)})
   return d
 
 
@@ -49,7 +48,7 @@ def test_met_curve_csv_png_and_knob(tmp_path):
   assert float(table[0]["gmacs"]) == pytest.approx(sweep[0]["gmacs"], rel=1e-5)
 
   # The fast sweep equals building the calibrated model and running its early-exit inference.
-  config, model, _, variables = export.load_model_dir(d)
+  config, model, _, variables = methods.load_model_dir(d)
   ctx = budget_knobs.Context(config, model, variables, "test", "test", 128)
   knob = budget_knobs.KNOBS["met"]
   real = curve.evaluate_at(ctx, knob, 0.7)

@@ -11,7 +11,6 @@ from vit_adapt import methods
 from vit_adapt.sweep import shared_features
 from vit_adapt.sweep import grid as sweep_grid
 from vit_adapt.train import loop as train
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.data import pipeline
 
 CONFIG = "configs/linear_vtab.py:demo"
@@ -33,7 +32,7 @@ def backbone_dir(tmp_path_factory):
   config = shared_features.load_config(CONFIG, {"model.depth": 1, "model.variant": "mu/8"})
   model, method = methods.build_model(config)
   variables = methods.init_variables(model, method, config.copy_and_resolve_references())
-  export.save_model_dir(d, config, dict(variables))
+  methods.save_model_dir(d, config, dict(variables))
   return d
 
 

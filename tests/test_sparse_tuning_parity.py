@@ -112,7 +112,6 @@ def test_convert_cli_path_keeps_batch_stats_and_names_the_released_switch(tmp_pa
   to switch to the released adapter."""
   torch = pytest.importorskip("torch")
   from vit_adapt import convert as convert_lib
-  from vit_adapt.checkpoints import model_dir as export
   from vit_adapt.errors import UserError
 
   sd = _small_official_state_dict(np.random.default_rng(0))
@@ -128,7 +127,7 @@ def test_convert_cli_path_keeps_batch_stats_and_names_the_released_switch(tmp_pa
   with pytest.raises(UserError, match="dense_adapter"):
     convert_lib.convert("official-sparse-tuning", path, config(), str(tmp_path / "wrong"))
   out = convert_lib.convert("official-sparse-tuning", path, config(dense_adapter="released"), str(tmp_path / "m"))
-  _, model, _, variables = export.load_model_dir(out)
+  _, model, _, variables = methods.load_model_dir(out)
   np.testing.assert_array_equal(variables["batch_stats"]["head_bn"]["var"], sd["head.0.running_var"])
   direct, _ = official_sparse_tuning.to_variables(sd, config(dense_adapter="released"))
   images = np.random.default_rng(1).uniform(-1, 1, (3, 32, 32, 3)).astype(np.float32)

@@ -11,7 +11,6 @@ from tensorflow_datasets import testing as tfds_testing
 
 from vit_adapt import config_lib, methods
 from vit_adapt.train import loop as train
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.methods import base as methods_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +46,7 @@ def _check(workdir, config, num_eval):
   trainable, _ = methods_base.split_params(init["params"], method.trainable)
   assert res["trainable_params"] == sum(x.size for x in methods_base.flatten(trainable).values())
   # The exported model carries the trained adapters and the BatchNorm running statistics of the two steps.
-  _, _, _, loaded = export.load_model_dir(workdir)
+  _, _, _, loaded = methods.load_model_dir(workdir)
   flat = methods_base.flatten(loaded["params"])
   assert any(not np.array_equal(flat[k], v) for k, v in methods_base.flatten(trainable).items() if "/adapter/" in k)
   bn = loaded["batch_stats"]["head_bn"]

@@ -107,7 +107,6 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
 
   from vit_adapt import checkpoints, methods
   from vit_adapt.checkpoints import merge
-  from vit_adapt.checkpoints import model_dir as export
   fn = checkpoints.get_source(source)
   tensors = checkpoints.read_tensors(checkpoint)
   tree, inferred = fn(tensors, config)
@@ -136,7 +135,7 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
                       f"none: check config.method ({config.method.name}).")
     variables[name] = merge.merge(col, variables[name], source=f"{checkpoint} [{name}]", allow_head_reinit=False)
   logging.info("Converted %s (%s) for method %s.", checkpoint, source, config.method.name)
-  return export.save_model_dir(out, config, variables, scope="full",
+  return methods.save_model_dir(out, config, variables, scope="full",
                                meta={"converted_from": os.path.abspath(checkpoint), "source": source})
 
 

@@ -46,9 +46,9 @@ def evaluate_at(ctx, knob, value: float) -> dict:
 
 def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: str = "", calib_split: str = "",
                      batch_size: int = 256, label: str = "") -> list[dict]:
+  from vit_adapt import methods
   from vit_adapt.methods import knobs as budget_knobs
-  from vit_adapt.checkpoints import model_dir as export
-  config, model, _, variables = export.load_model_dir(checkpoint)
+  config, model, _, variables = methods.load_model_dir(checkpoint)
   name = config.method.name
   if name not in budget_knobs.KNOBS:
     raise UserError(f"{checkpoint} holds a {name!r} model, which has no budget knob (knobs: "

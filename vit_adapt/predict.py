@@ -126,12 +126,12 @@ def top_k(logits: np.ndarray, k: int):
 def predict(checkpoint: str, *, images: str | None = None, array: str | None = None, batch_size: int = 64,
             k: int = 5) -> tuple[list[dict], np.ndarray]:
   """Library form of the CLI: -> (records, logits (N, C))."""
-  from vit_adapt.checkpoints import model_dir as export
   if bool(images) == bool(array):
     raise UserError("pass exactly one of --images=FOLDER_OR_GLOB or --array=X.npy.")
   if batch_size < 1:
     raise UserError(f"--batch_size={batch_size} must be positive.")
-  config, model, _, variables = export.load_model_dir(checkpoint)
+  from vit_adapt import methods  # after flag parsing: keeps `--help` fast
+  config, model, _, variables = methods.load_model_dir(checkpoint)
   size = config.model.image_size
   if array:
     x = load_array(array, size)

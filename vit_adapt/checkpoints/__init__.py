@@ -5,12 +5,14 @@
   timm_vit.py    timm / Hugging Face ViT names (`timm_to_params`, reused by the official-code importers)
   posemb.py      position-embedding resampling
   merge.py       merge into an initialised tree, one error listing every mismatch
-  load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`)
-  sources.py     the `convert --source=NAME` registry (`official_<method>.py` modules register themselves)
-  export.py      the vit_adapt model directory (`save_model_dir`, `load_model_dir`)
+  load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`), `merge_model_params`
+  sources.py     the `convert --source=NAME` registry (methods register their `official-<method>` importers)
+  model_dir.py   the vit_adapt model directory format (`vit_adapt.methods` builds and loads models with it)
+
+This package never imports `vit_adapt.methods`.
 """
 
-from vit_adapt.checkpoints.load import load_backbone  # noqa: F401
+from vit_adapt.checkpoints.load import load_backbone, merge_model_params  # noqa: F401
 from vit_adapt.checkpoints.readers import read_tensors  # noqa: F401
 from vit_adapt.checkpoints.sources import get_source, register_source, source_names  # noqa: F401
 from vit_adapt.checkpoints.timm_vit import timm_to_params  # noqa: F401

@@ -6,21 +6,26 @@
 
 Scope 'full' stores every parameter. Scope 'trainable' stores only the trainable sub-tree (by the method's
 regexes) plus the non-parameter collections (e.g. batch statistics); the frozen rest is rebuilt on load by
-`init_variables(model, method, config)`, i.e. from `config.model.init` (the backbone checkpoint) or, for a
+`vit_adapt.methods.init_variables`, i.e. from `config.model.init` (the backbone checkpoint) or, for a
 backbone trained from a seeded random init, from `config.seed`. The trainer exports its adapter-only result
-this way into `WORKDIR/model/`; `load_model_dir` accepts such a workdir directly.
+this way into `WORKDIR/model/`; a workdir is accepted wherever a model directory is.
+
+This module is the format (write, find, validate, restore); it never builds a model. Building and loading a
+method's model from a directory is `vit_adapt.methods.save_model_dir` / `load_model_dir`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from typing import Sequence
 
 import ml_collections
 import numpy as np
 from flax import traverse_util
 
 from vit_adapt.errors import UserError
+from vit_adapt.models import params as params_lib
 
 FORMAT = "vit_adapt.model"
 VERSION = 1
@@ -41,15 +46,15 @@ def _to_numpy(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
-def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables: dict, scope: str = "full",
-                   meta: dict | None = None) -> str:
+def save(directory: str, config: ml_collections.ConfigDict, variables: dict, *, scope: str = "full",
+         trainable: Sequence[str] = (), meta: dict | None = None) -> str:
   """Writes a model directory; `variables` = {'params': ..., other collections}. Returns the absolute path.
 
-  `meta` adds provenance fields to meta.json (e.g. what `convert` read).
+  Scope 'trainable' keeps the parameters matching the `trainable` regexes (the method's). `meta` adds
+  provenance fields to meta.json (e.g. what `convert` read).
   """
   import orbax.checkpoint as ocp
 
-  from vit_adapt import methods
   if scope not in SCOPES:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
   directory = os.path.abspath(os.fspath(directory))
@@ -59,8 +64,7 @@ def save_model_dir(directory: str, config: ml_collections.ConfigDict, variables:
   variables = {k: v for k, v in dict(variables).items() if v}
   stored = dict(variables)
   if scope == "trainable":
-    method = methods.get(config.method.name)
-    stored["params"], _ = methods.split_params(variables["params"], method.trainable)
+    stored["params"], _ = params_lib.split_params(variables["params"], trainable)
     stored = {k: v for k, v in stored.items() if v}
   with open(os.path.join(directory, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True))
@@ -113,50 +117,29 @@ def _tuples(node):
   return node
 
 
-def load_model_dir(path: str):
-  """-> (config, model, method, variables) of a model directory (or a workdir with `model/`)."""
-  import orbax.checkpoint as ocp
-
-  from vit_adapt import methods
+def open_dir(path: str) -> tuple[str, dict]:
+  """-> (absolute model directory, its meta.json) of a model directory or a workdir holding one in `model/`."""
   directory = os.path.abspath(resolve_model_dir(path))
   with open(os.path.join(directory, "meta.json")) as f:
     meta = json.load(f)
   if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION or meta.get("scope") not in SCOPES:
     raise UserError(f"{directory}/meta.json describes {meta.get('format')} version {meta.get('version')} scope "
                     f"{meta.get('scope')}; this vit_adapt reads {FORMAT} up to version {VERSION}. Upgrade vit_adapt.")
-  config = read_config(directory)
-  model, method = methods.build_model(config)
+  return directory, meta
+
+
+def restore(directory: str) -> dict:
+  """The stored variables (numpy), as saved: every parameter, or only the trainable ones."""
+  import orbax.checkpoint as ocp
+
   try:
     stored = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
   except Exception as e:  # orbax raises a variety of types for a damaged directory
     raise UserError(f"could not restore the variables of {directory} ({type(e).__name__}: {e}).") from None
-  stored = _to_numpy(dict(stored))
-  if meta["scope"] == "full":
-    _check_structure(directory, stored, _abstract_variables(model, method, config))
-    return config, model, method, stored
-  init = config.model.get("init")
-  if init and not os.path.exists(init) and os.path.exists(meta.get("model_init_abspath", "")):
-    config.model.init = meta["model_init_abspath"]
-  variables = methods.init_variables(model, method, config)
-  params = traverse_util.flatten_dict(dict(variables["params"]), sep="/")
-  trained = traverse_util.flatten_dict(dict(stored.pop("params", {})), sep="/")
-  _check_structure(directory, {"params": trained}, {"params": {p: params[p] for p in trained if p in params}},
-                   flat=True)
-  params.update(trained)
-  variables = {**dict(variables), **stored, "params": traverse_util.unflatten_dict(params, sep="/")}
-  return config, model, method, variables
+  return _to_numpy(dict(stored))
 
 
-def _abstract_variables(model, method, config):
-  import jax
-  import jax.numpy as jnp
-  size = config.model.image_size
-  rng = jax.random.PRNGKey(0)
-  rngs = {"params": rng, "dropout": rng, **{s: rng for s in method.rng_streams}}
-  return jax.eval_shape(model.init, rngs, jnp.zeros((1, size, size, 3), jnp.float32))
-
-
-def _check_structure(directory, stored, expected, flat: bool = False) -> None:
+def check_structure(directory, stored, expected, flat: bool = False) -> None:
   """The stored tree must have exactly the names and shapes the config's model has."""
   def names(tree):
     out = {}

@@ -17,8 +17,7 @@ def _load(config, checkpoint: str | None):
   """
   from vit_adapt import methods
   if checkpoint:
-    from vit_adapt.checkpoints import model_dir as export
-    ckpt_config, model, method, variables = export.load_model_dir(checkpoint)  # model dir, or workdir with model/
+    ckpt_config, model, method, variables = methods.load_model_dir(checkpoint)  # model dir, or workdir with model/
     if config is not None:
       ckpt_config.efficiency = config.efficiency
       ckpt_config.train.batch_size = config.train.batch_size

@@ -8,16 +8,16 @@ its trainable parameters, its config fields with defaults, and optionally its ow
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any, Callable, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
 from vit_adapt.errors import UserError
+# Re-exported: a method's parameters are split by its `trainable` regexes.
+from vit_adapt.models.params import flatten, merge_params, split_params, unflatten  # noqa: F401
 
 
 @dataclasses.dataclass
@@ -81,45 +81,12 @@ def register(method: Method) -> Method:
   return method
 
 
-def get(name: str) -> Method:
-  from vit_adapt import methods as _  # noqa: F401  (imports every method module so they register)
+def lookup(name: str) -> Method:
+  """The registered method `name`; `vit_adapt.methods.get` (which first imports every method) is the public way."""
   if name not in _REGISTRY:
     raise UserError(f"config.method.name={name!r} is not a method. Known methods: {', '.join(sorted(_REGISTRY))}.")
   return _REGISTRY[name]
 
 
-def names() -> list[str]:
-  from vit_adapt import methods as _  # noqa: F401
+def registered() -> list[str]:
   return sorted(_REGISTRY)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Trainable / frozen split. Gradients are taken with respect to the trainable tree only, so no gradient is
-# ever computed for a frozen weight (masking a full-tree gradient would still compute all of them).
-
-def flatten(tree) -> dict[str, Any]:
-  return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-  return flax.traverse_util.unflatten_dict(flat, sep="/")
-
-
-def trainable_predicate(patterns: Sequence[str]) -> Callable[[str], bool]:
-  compiled = [re.compile(p) for p in patterns]
-  return lambda path: any(c.search(path) for c in compiled)
-
-
-def split_params(params, patterns: Sequence[str]):
-  """-> (trainable, frozen), two nested dicts that partition `params` by the regexes."""
-  is_trainable = trainable_predicate(patterns)
-  flat = flatten(params)
-  train = {k: v for k, v in flat.items() if is_trainable(k)}
-  frozen = {k: v for k, v in flat.items() if not is_trainable(k)}
-  return unflatten(train), unflatten(frozen)
-
-
-def merge_params(trainable, frozen):
-  flat = flatten(frozen)
-  flat.update(flatten(trainable))
-  return unflatten(flat)

@@ -303,7 +303,7 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
   from vit_adapt.train import writers as reporting
   from vit_adapt.train import checkpoints as train_checkpoints
   from vit_adapt.data import pipeline
-  from vit_adapt.methods import base as methods_base
+  from vit_adapt.models import params as params_lib
 
   t_start = time.time()
   if jax.process_count() > 1:
@@ -385,7 +385,7 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
     finals = _unstack(jax.device_get(sg.state), len(sg.idx))
     for j, i in enumerate(sg.idx):
       c, spec, state = configs[i], todo[i], finals[j]
-      params = methods_base.merge_params(state.params, {k: v for k, v in variables0["params"].items()
+      params = params_lib.merge_params(state.params, {k: v for k, v in variables0["params"].items()
                                                          if k != "head"})
       batch_key = int(c.train.batch_size)
       if batch_key not in eff_cache:

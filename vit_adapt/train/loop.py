@@ -25,9 +25,8 @@ from vit_adapt.train import writers as reporting
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import checkpoints as train_checkpoints
 from vit_adapt.train import step as train_state
-from vit_adapt.checkpoints import model_dir as export
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base as methods_base
+from vit_adapt.models import params as params_lib
 
 
 def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
@@ -144,7 +143,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   evaluator = evaluate.Evaluator(model, method, mesh)
 
   def run_eval(step: int) -> dict:
-    variables = {"params": methods_base.merge_params(state.params, frozen), **state.model_state}
+    variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
     result = evaluator(variables, pipeline.eval_batches(config, config.dataset.eval_split))
     scalars = {"top1": result["top1"], "loss": result["loss"],
                **{f"stats/{k}": v for k, v in result["stats"].items()}}
@@ -205,7 +204,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # The final model, never a test-selected epoch.
   if last_eval_step != total_steps:
     last_eval = run_eval(total_steps)
-  variables = {"params": methods_base.merge_params(state.params, frozen), **state.model_state}
+  variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
   # Measured on one device: what one accelerator does at the stated batch size.
   local = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
   eff = efficiency.report(config, model, method, local, eval_stats=last_eval["stats"],
@@ -228,7 +227,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     stat_keys.append(key)
   results["method_stats"] = stat_keys
   # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
-  export.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
+  methods.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
   reporting.write_json(os.path.join(workdir, "results.json"), results)
   writer.write_scalars(total_steps, {"final/top1": results["top1"]})
   writer.flush()

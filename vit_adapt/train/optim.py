@@ -23,7 +23,7 @@ import ml_collections
 import optax
 
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base as methods_base
+from vit_adapt.models import params as params_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,13 +73,13 @@ def policy_of(path: str, rules) -> Policy:
 
 def split_trainable(params, method, optim_config: ml_collections.ConfigDict):
   """-> (trainable, frozen): the method's trainable regexes minus parameters a policy freezes."""
-  trainable, frozen = methods_base.split_params(params, method.trainable)
+  trainable, frozen = params_lib.split_params(params, method.trainable)
   rules = parse_policies(optim_config.policies)
-  flat = methods_base.flatten(trainable)
+  flat = params_lib.flatten(trainable)
   frozen_by_policy = {k: v for k, v in flat.items() if policy_of(k, rules).frozen}
   if frozen_by_policy:
-    trainable = methods_base.unflatten({k: v for k, v in flat.items() if k not in frozen_by_policy})
-    frozen = methods_base.merge_params(methods_base.unflatten(frozen_by_policy), frozen)
+    trainable = params_lib.unflatten({k: v for k, v in flat.items() if k not in frozen_by_policy})
+    frozen = params_lib.merge_params(params_lib.unflatten(frozen_by_policy), frozen)
   if not jax.tree_util.tree_leaves(trainable):
     raise UserError(f"method {method.name!r} with config.optim.policies={tuple(optim_config.policies)!r} leaves "
                     "no trainable parameter.")
@@ -114,10 +114,10 @@ def _decoupled_decay(wd: float, factors) -> optax.GradientTransformation:
 def make_optimizer(optim_config, trainable, total_steps: int, warmup_steps: int):
   """-> (optax transformation over the trainable tree, learning-rate schedule)."""
   rules = parse_policies(optim_config.policies)
-  flat = methods_base.flatten(trainable)
+  flat = params_lib.flatten(trainable)
   policy = {k: policy_of(k, rules) for k in flat}
-  lr_mult = methods_base.unflatten({k: p.lr_mult for k, p in policy.items()})
-  wd_mult = methods_base.unflatten({k: p.wd_mult for k, p in policy.items()})
+  lr_mult = params_lib.unflatten({k: p.lr_mult for k, p in policy.items()})
+  wd_mult = params_lib.unflatten({k: p.wd_mult for k, p in policy.items()})
   sched = schedule(optim_config, total_steps, warmup_steps)
   chain = []
   if optim_config.grad_clip > 0:

@@ -19,6 +19,8 @@ import optax
 
 from vit_adapt.methods import base as methods_base
 
+from vit_adapt.models import params as params_lib
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -68,7 +70,7 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
     pass_counter = itertools.count()
 
     def loss_fn(trainable):
-      params = methods_base.merge_params(trainable, frozen)
+      params = params_lib.merge_params(trainable, frozen)
 
       def run(**kwargs):
         # Each pass (the main one, and any a method's loss re-runs) draws its own dropout/stream keys.

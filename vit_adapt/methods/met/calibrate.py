@@ -156,8 +156,8 @@ def default_split(config) -> str:
 
 def write_thresholds(model_dir: str, thresholds, confidence: str, record: str, table: dict) -> None:
   """Rewrites DIR/config.json with the thresholds (atomically) and writes DIR/calibration.json."""
-  from vit_adapt.checkpoints import model_dir as export
-  config = export.read_config(model_dir)
+  from vit_adapt.checkpoints import model_dir as model_dir_lib
+  config = model_dir_lib.read_config(model_dir)
   config.method.thresholds = tuple(float(t) for t in thresholds)
   config.method.confidence = confidence
   config.method.calibration = record
@@ -184,10 +184,11 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
               distribution: Sequence[float] = (), confidence: str = "", batch_size: int = 256,
               write: bool = True) -> dict:
   """Library form of the CLI; returns the per-exit table (plus 'split' and 'record')."""
-  from vit_adapt.checkpoints import model_dir as export
+  from vit_adapt.checkpoints import model_dir as model_dir_lib
+  from vit_adapt.methods import build
   from vit_adapt.methods.met import exit as met_exit
-  model_dir = export.resolve_model_dir(checkpoint)
-  config, model, method, variables = export.load_model_dir(model_dir)
+  model_dir = model_dir_lib.resolve_model_dir(checkpoint)
+  config, model, method, variables = build.load_model_dir(model_dir)
   if config.method.name != "met":
     raise UserError(f"{model_dir} holds a {config.method.name!r} model; thresholds are for MET models. For the "
                     "budget knobs of other methods use `python -m vit_adapt.curve`.")

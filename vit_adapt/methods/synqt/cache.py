@@ -43,7 +43,7 @@ import numpy as np
 from absl import logging
 
 from vit_adapt.errors import UserError
-from vit_adapt.methods import base
+from vit_adapt.models import params as params_lib
 
 CACHE_VERSION = 1
 _STORAGE = {"bfloat16": (np.uint16, ml_dtypes.bfloat16), "float32": (np.float32, np.float32)}
@@ -70,7 +70,7 @@ def example_shape(model, kind: str) -> tuple[int, ...]:
 
 def params_digest(params, trainable_patterns) -> str:
   """Digest of the frozen parameters (what the image features depend on)."""
-  frozen = base.flatten(base.split_params(params, trainable_patterns)[1])
+  frozen = params_lib.flatten(params_lib.split_params(params, trainable_patterns)[1])
   h = hashlib.blake2b(digest_size=16)
   for path in sorted(frozen):
     a = np.ascontiguousarray(jax.device_get(frozen[path]))
