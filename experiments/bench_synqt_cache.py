@@ -73,7 +73,7 @@ def main():
       n = pipeline.num_examples(config, config.dataset.split)
       steps = n // args.batch_size
       t0 = time.perf_counter()
-      it = method.feature_cache(config, workdir, model, variables)
+      it = method.feature_cache.iterator(config, workdir, model, variables)
       build = time.perf_counter() - t0
       if it is None:
         it, build = pipeline.train_iterator(config, seed=config.seed), None

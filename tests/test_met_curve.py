@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from vit_adapt import config_lib, curve, methods
-from vit_adapt.methods import knobs as budget_knobs
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 
@@ -49,8 +48,8 @@ def test_met_curve_csv_png_and_knob(tmp_path):
 
   # The fast sweep equals building the calibrated model and running its early-exit inference.
   config, model, _, variables = methods.load_model_dir(d)
-  ctx = budget_knobs.Context(config, model, variables, "test", "test", 128)
-  knob = budget_knobs.KNOBS["met"]
+  ctx = base.KnobContext(config, model, variables, "test", "test", 128)
+  knob = methods.get("met").budget_knob
   real = curve.evaluate_at(ctx, knob, 0.7)
   assert real["gmacs"] == pytest.approx(sweep[1]["gmacs"], rel=1e-5)
   assert real["accuracy"] == pytest.approx(sweep[1]["accuracy"], abs=1e-9)

@@ -47,7 +47,7 @@ def _train(config, model, method, variables, iterator, steps):
 def test_cached_training_matches_uncached_training(tmp_path, capsys):
   config = _config()
   model, method, variables = _setup(config)
-  cached = method.feature_cache(config, str(tmp_path), model, variables)
+  cached = method.feature_cache.iterator(config, str(tmp_path), model, variables)
   out = capsys.readouterr().out
   assert "SynQT feature cache (kv, float32)" in out and "GiB" in out
   n = pipeline.num_examples(config, config.dataset.split)
@@ -62,7 +62,7 @@ def test_cached_training_matches_uncached_training(tmp_path, capsys):
   # The same loss curve (dropout and query-path drop-path on, same RNG; the image path is deterministic).
   uncached = _train(config, model, method, variables, pipeline.train_iterator(config, seed=config.seed), 4)
   with_cache = _train(config, model, method, variables,
-                      method.feature_cache(config, str(tmp_path), model, variables), 4)
+                      method.feature_cache.iterator(config, str(tmp_path), model, variables), 4)
   assert len(set(np.round(uncached, 4))) > 1
   np.testing.assert_allclose(with_cache, uncached, rtol=2e-5)
   # Reused on the second call: nothing recomputed.

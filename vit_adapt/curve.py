@@ -4,7 +4,7 @@ r"""Accuracy vs average GMACs of trained models, by sweeping each method's budge
   python -m vit_adapt.curve --checkpoint=runs/met_dtd --checkpoint=runs/dyt_dtd --checkpoint=runs/st_dtd \
       --output=dtd_curve
 
-For each checkpoint (a model directory or a training workdir) the method's knob (`budget_knobs.KNOBS`: MET's
+For each checkpoint (a model directory or a training workdir) the method's knob (`Method.budget_knob`: MET's
 GMACs budget, DyT's capacity rate, Sparse-Tuning's keep rate) is set to each value of `--values` (default: the
 knob's own range) and the model is evaluated on `--split` (default: the config's eval split). Average GMACs come
 from the method's per-example `gmacs` statistic when it has one (input-dependent compute), otherwise from the
@@ -47,16 +47,15 @@ def evaluate_at(ctx, knob, value: float) -> dict:
 def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: str = "", calib_split: str = "",
                      batch_size: int = 256, label: str = "") -> list[dict]:
   from vit_adapt import methods
-  from vit_adapt.methods import knobs as budget_knobs
-  config, model, _, variables = methods.load_model_dir(checkpoint)
-  name = config.method.name
-  if name not in budget_knobs.KNOBS:
-    raise UserError(f"{checkpoint} holds a {name!r} model, which has no budget knob (knobs: "
-                    f"{', '.join(sorted(budget_knobs.KNOBS))}). Its cost is fixed: see `python -m "
-                    "vit_adapt.efficiency`.")
-  knob = budget_knobs.KNOBS[name]
-  ctx = budget_knobs.Context(config, model, variables, split or config.dataset.eval_split, calib_split,
-                             batch_size)
+  from vit_adapt.methods import base
+  config, model, method, variables = methods.load_model_dir(checkpoint)
+  name = method.name
+  knob = method.budget_knob
+  if knob is None:
+    with_knob = [n for n in methods.names() if methods.get(n).budget_knob is not None]
+    raise UserError(f"{checkpoint} holds a {name!r} model, which has no budget knob (methods with one: "
+                    f"{', '.join(with_knob)}). Its cost is fixed: see `python -m vit_adapt.efficiency`.")
+  ctx = base.KnobContext(config, model, variables, split or config.dataset.eval_split, calib_split, batch_size)
   values = tuple(values) or tuple(knob.default_values(ctx))
   rows = knob.sweep(ctx, values) if knob.sweep else [evaluate_at(ctx, knob, v) for v in values]
   rows = [{"kind": "sweep", **r} for r in rows]

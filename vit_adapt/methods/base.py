@@ -45,6 +45,43 @@ def classification_loss(inp: LossInputs):
   return ce, {"ce": ce}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Budget knob: the one setting of a method that trades accuracy for inference compute without retraining.
+# `python -m vit_adapt.curve` sweeps it and plots accuracy against average GMACs, so methods with very different
+# mechanisms land on one plot. A knob maps a trained model (`KnobContext`) and a knob value to the config and
+# variables of the model at that value (`apply`); the curve command builds that model and evaluates it through
+# its own inference path. A knob may also give a faster exact evaluation of a whole sweep (`sweep`) and extra
+# points (`extras`, e.g. MET's single exits).
+
+@dataclasses.dataclass
+class KnobContext:
+  """One trained model being swept."""
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: dict
+  split: str            # evaluation split
+  calib_split: str      # held-out split for calibrated knobs ('' = the knob's default)
+  batch_size: int
+  cache: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Knob:
+  label: str                                                   # what the value means (CSV column 'knob')
+  default_values: Callable[[KnobContext], Sequence[float]]
+  apply: Callable[[KnobContext, float], tuple[ml_collections.ConfigDict, dict]]
+  # Optional exact fast path for a whole sweep: (ctx, values) -> rows {'value', 'gmacs', 'accuracy', ...}.
+  sweep: Callable[[KnobContext, Sequence[float]], list[dict]] | None = None
+  # Optional extra points (ctx) -> rows with a 'kind' other than 'sweep' (e.g. 'exit').
+  extras: Callable[[KnobContext], list[dict]] | None = None
+
+
+def with_method_fields(config, **fields) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.method.update(fields)
+  return config
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   name: str
@@ -64,11 +101,32 @@ class Method:
   # The trainer averages them over the valid (unpadded) evaluation examples and reports them in results.json,
   # e.g. DyT's 'activation_rate', or 'gmacs' for methods whose compute depends on the input.
   eval_stats: Callable[[jax.Array, dict], dict[str, jax.Array]] | None = None
-  # Optional precomputed-input training (SynQT's feature cache): (config, workdir, model, variables) -> a
-  # checkpointable training iterator that replaces `pipeline.train_iterator`, or None when the config turns it
-  # off. Its batches carry 'features' (passed to the model in place of 'image') and 'label' [, 'soft_label'].
-  feature_cache: Callable[[ml_collections.ConfigDict, str, Any, dict], Any] | None = None
+  # Optional precomputed-input training (SynQT's frozen-feature cache), see FeatureCache.
+  feature_cache: "FeatureCache | None" = None
+  # The trainable part reads only the frozen backbone's pre-logits (a linear probe): a sweep trains such runs
+  # together on features computed once (`vit_adapt.sweep.shared_features`), when nothing else makes the
+  # features differ (augmentation, dropout).
+  shares_frozen_features: bool = False
+  # The accuracy-vs-compute knob `python -m vit_adapt.curve` sweeps (None: the method's compute is fixed).
+  budget_knob: Knob | None = None
   doc: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureCache:
+  """Training on precomputed frozen features instead of images (SynQT's cache).
+
+  `iterator(config, workdir, model, variables)` builds or verifies the cache and returns a checkpointable
+  training iterator that replaces the image pipeline's, or None when the config turns caching off. Its batches
+  carry 'features' (passed to the model in place of 'image') and 'label' [, 'soft_label'].
+  A sweep lets runs whose cached features agree share one cache: `enabled(config)` says whether a run caches,
+  `key_fields` are the `config.method` fields the features depend on (beyond model and data), and
+  `dir_field` is the `config.method` field that points a run at a shared cache directory ('' = its own).
+  """
+  iterator: Callable[[ml_collections.ConfigDict, str, Any, dict], Any]
+  enabled: Callable[[ml_collections.ConfigDict], bool]
+  key_fields: Sequence[str] = ()
+  dir_field: str = ""
 
 
 _REGISTRY: dict[str, Method] = {}

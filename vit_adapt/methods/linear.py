@@ -12,7 +12,7 @@ def _no_fields():
 
 LINEAR = base.register(base.Method(
     name="linear", model_cls=vit.VisionTransformer, trainable=(r"^head/",), defaults=_no_fields,
-    doc="Linear probe: only the classification head trains."))
+    shares_frozen_features=True, doc="Linear probe: only the classification head trains."))
 
 FULL = base.register(base.Method(
     name="full", model_cls=vit.VisionTransformer, trainable=(r".*",), defaults=_no_fields,

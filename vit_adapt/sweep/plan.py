@@ -8,9 +8,11 @@ from __future__ import annotations
 import os
 import sys
 
+from vit_adapt.data import datasets
+from vit_adapt.errors import UserError
 from vit_adapt.sweep import grid as sweep_grid
 from vit_adapt.sweep import runner as sweep_runner
-from vit_adapt.errors import UserError
+from vit_adapt.sweep import shared_features
 
 def parse_shard(text: str) -> tuple[int, int]:
   try:
@@ -24,7 +26,6 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def _config_task(ref: sweep_grid.ConfigRef) -> str | None:
   """The task a config file selects by itself (e.g. `:demo` -> demo/digits), for run names."""
-  from vit_adapt.sweep import shared_features
   try:
     return shared_features.load_config(ref.path + (":" + ref.arg if ref.arg else ""), {}).dataset.name
   except Exception:  # noqa: BLE001 -- a config that does not load fails in its own run, with its own message
@@ -32,11 +33,10 @@ def _config_task(ref: sweep_grid.ConfigRef) -> str | None:
 
 
 def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> list[sweep_grid.Run]:
-  from vit_adapt.data import datasets as tasks_lib
   refs = [sweep_grid.ConfigRef.parse(c) for c in configs]
   task_names = sweep_grid.parse_tasks(tasks)
   for name in task_names:
-    tasks_lib.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
+    datasets.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
   if not task_names:
     for ref in refs:
       if not ref.task_in_arg():
@@ -50,11 +50,10 @@ def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> l
 def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> list[sweep_runner.Job]:
   """Single-run jobs, except groups of runs that can share frozen features (one job per group)."""
   groups: list[list[sweep_grid.Run]] = []
-  synqt: dict[str, tuple[str, str]] = {}
+  caches: dict[str, tuple[str, str, str]] = {}
   if share == "auto":
-    from vit_adapt.sweep import shared_features
     groups = shared_features.plan_groups(runs)
-    synqt = shared_features.plan_synqt_cache(runs, workdir)
+    caches = shared_features.plan_feature_caches(runs, workdir)
   grouped = {r.name for g in groups for r in g}
   jobs = []
   for g in groups:
@@ -65,13 +64,14 @@ def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> l
   for r in runs:
     if r.name in grouped:
       continue
-    if r.name in synqt:  # one shared SynQT feature cache per group; the group's first run builds it
-      r.overrides = {**r.overrides, "method.cache_dir": synqt[r.name][0]}
+    if r.name in caches:  # one shared feature cache per group; the group's first run builds it
+      cache_dir, _, field = caches[r.name]
+      r.overrides = {**r.overrides, f"method.{field}": cache_dir}
     job = sweep_runner.Job(runs=[r], command=r.command(python, os.path.join(workdir, r.name)),
                            log_dir=os.path.join(workdir, r.name))
     by_name[r.name] = job
     jobs.append(job)
-  for name, (_, leader) in synqt.items():
+  for name, (_, leader, _) in caches.items():
     if name != leader and name in by_name:
       by_name[name].after = by_name[leader]
   return jobs

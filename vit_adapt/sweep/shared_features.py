@@ -43,7 +43,6 @@ from absl import flags, logging
 from vit_adapt.sweep import grid as sweep_grid
 from vit_adapt.errors import UserError
 
-ELIGIBLE_METHODS = ("linear",)
 GROUP_FILE = "group.json"
 
 
@@ -62,10 +61,11 @@ def load_config(config_arg: str, overrides: dict):
 
 def ineligible_reason(config) -> str | None:
   """Why a run cannot share frozen features (None = it can)."""
-  if config.method.name not in ELIGIBLE_METHODS:
+  from vit_adapt import methods
+  if not methods.get(config.method.name).shares_frozen_features:
     return f"method {config.method.name!r} trains inside the backbone"
-  d, m = config.dataset, config.model
-  if d.augment != "none" or d.mixup > 0 or d.cutmix > 0:
+  m = config.model
+  if _augments(config):
     return "training images are augmented or mixed"
   if m.dropout > 0 or m.drop_path > 0:
     return "the frozen backbone is stochastic in training (dropout / drop_path)"
@@ -101,32 +101,40 @@ def plan_groups(runs: Sequence[sweep_grid.Run]) -> list[list[sweep_grid.Run]]:
   return [g for g in by_key.values() if len(g) >= 2]
 
 
-# SynQT trains with its own cache of frozen image features (vit_adapt/methods/synqt/cache.py: fingerprinted by
-# the frozen weights and the data, resumable). Runs of a sweep whose features agree point at one shared
-# `method.cache_dir`; the first run of each group builds the cache and the others start after it, reusing it.
-_SYNQT_CACHE_FIELDS = ("name", "cache_features", "cache_dtype")
+def _augments(config) -> bool:
+  d = config.dataset
+  return d.augment != "none" or d.mixup > 0 or d.cutmix > 0
 
 
-def plan_synqt_cache(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[str, tuple[str, str]]:
-  """run name -> (shared cache dir, name of the group's first run) for SynQT runs with cached features."""
+def plan_feature_caches(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[str, tuple[str, str, str]]:
+  """run name -> (shared cache dir, name of the group's first run, the config field naming the cache dir).
+
+  A method that trains on its own cache of frozen image features (`Method.feature_cache`, e.g. SynQT's:
+  fingerprinted by the frozen weights and the data, resumable) lets runs of a sweep whose features agree point
+  at one shared cache directory; the first run of each group builds the cache and the others start after it,
+  reusing it. Runs that set their own cache directory or augment their images are left alone.
+  """
+  from vit_adapt import methods
   by_key: dict[str, list] = {}
   for run in runs:
     try:
       config = load_config(run.config, run.overrides)
     except Exception:  # noqa: BLE001 -- reported by the run's own job
       continue
-    m, d = config.method, config.dataset
-    if (m.name != "synqt" or not m.get("cache_features") or m.get("cache_dir")
-        or d.augment != "none" or d.mixup > 0 or d.cutmix > 0):
+    cache = methods.get(config.method.name).feature_cache
+    if (cache is None or not cache.dir_field or not cache.enabled(config)
+        or config.method.get(cache.dir_field) or _augments(config)):
       continue
-    by_key.setdefault(feature_key(config, _SYNQT_CACHE_FIELDS), []).append(run)
+    key = feature_key(config, ("name",) + tuple(cache.key_fields))
+    by_key.setdefault(key, []).append((run, cache.dir_field, config.method.name))
   plan = {}
   for key, group in by_key.items():
     if len(group) < 2:
       continue
-    cache = os.path.join(workdir, "_shared", "synqt_cache", hashlib.sha1(key.encode()).hexdigest()[:12])
-    for run in group:
-      plan[run.name] = (cache, group[0].name)
+    method = group[0][2]
+    cache_dir = os.path.join(workdir, "_shared", f"{method}_cache", hashlib.sha1(key.encode()).hexdigest()[:12])
+    for run, field, _ in group:
+      plan[run.name] = (cache_dir, group[0][0].name, field)
   return plan
 
 

@@ -109,7 +109,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   params = variables.pop("params")
   model_state = variables  # non-parameter collections, e.g. {'batch_stats': ...}
   if method.feature_cache is not None:  # precomputed model inputs (SynQT's frozen features) replace the images
-    cached_iter = method.feature_cache(config, workdir, model, {"params": params, **model_state})
+    cached_iter = method.feature_cache.iterator(config, workdir, model, {"params": params, **model_state})
     train_iter = cached_iter if cached_iter is not None else train_iter
   trainable, frozen = optim.split_trainable(params, method, config.optim)
   parameter_overview.log_parameter_overview(trainable, msg=f"Trainable parameters of {method.name!r}")

@@ -44,6 +44,8 @@ import optax
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 from vit_adapt.methods.dyt import flops as dyt_flops
+from vit_adapt.methods.dyt import knob
+from vit_adapt.methods.dyt import official  # noqa: F401  (registers the official-dyt checkpoint source)
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import Adapter
 from vit_adapt.models import tokens
@@ -312,6 +314,4 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
 DYT = base.register(base.Method(
     name="dyt", model_cls=DyTVisionTransformer, trainable=(r"/adapter/", r"/router/", r"^head/"),
     defaults=defaults, model_kwargs=model_kwargs, loss=loss, rng_streams=("gumbel",), eval_stats=eval_stats,
-    doc=__doc__))
-
-from vit_adapt.methods.dyt import official  # noqa: E402,F401  (registers the official-dyt checkpoint source)
+    budget_knob=knob.KNOB, doc=__doc__))

@@ -39,6 +39,7 @@ import ml_collections
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 from vit_adapt.methods.met import exit as met_exit
+from vit_adapt.methods.met import knob
 from vit_adapt.methods.met import loss as met_loss
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import ACTIVATIONS, torch_linear_kernel_init
@@ -283,4 +284,5 @@ def eval_stats(logits, out):
 MET = base.register(base.Method(
     name="met", model_cls=METViT,
     trainable=(r"/eadapter/", r"^exit_\d+/", r"^head/", r"^Transformer/encoder_norm/"),
-    defaults=defaults, model_kwargs=model_kwargs, loss=met_loss.met_loss, eval_stats=eval_stats, doc=__doc__))
+    defaults=defaults, model_kwargs=model_kwargs, loss=met_loss.met_loss, eval_stats=eval_stats,
+    budget_knob=knob.KNOB, doc=__doc__))

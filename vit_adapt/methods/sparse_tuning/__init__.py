@@ -44,6 +44,8 @@ import ml_collections
 
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
+from vit_adapt.methods.sparse_tuning import knob
+from vit_adapt.methods.sparse_tuning import official  # noqa: F401  (registers the official-sparse-tuning source)
 from vit_adapt.methods.sparse_tuning.adapters import ADAPTERS, TorchBatchNorm, timm_trunc_normal
 from vit_adapt.models import vit
 from vit_adapt.models import tokens
@@ -287,6 +289,4 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
 
 SPARSE_TUNING = base.register(base.Method(
     name="sparse_tuning", model_cls=SparseTuningViT, trainable=(r"/adapter/", r"^head/"), defaults=defaults,
-    model_kwargs=model_kwargs, doc=__doc__))
-
-from vit_adapt.methods.sparse_tuning import official  # noqa: E402,F401  (registers the official-sparse-tuning checkpoint source)
+    model_kwargs=model_kwargs, budget_knob=knob.KNOB, doc=__doc__))

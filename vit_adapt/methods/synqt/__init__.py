@@ -36,6 +36,7 @@ tensors (`pre_norm.*`, `out_combine.weight`) are not created.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -46,6 +47,8 @@ import numpy as np
 
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
+from vit_adapt.methods.synqt import cache
+from vit_adapt.methods.synqt import official  # noqa: F401  (registers the official-synqt checkpoint source)
 from vit_adapt.models import vit
 from vit_adapt.models.adapters import torch_linear_kernel_init
 
@@ -361,13 +364,13 @@ def post_load(params, config):
   return params
 
 
-def _feature_cache(config, workdir, model, variables):
-  from vit_adapt.methods.synqt import cache as synqt_cache  # the cache needs the data pipeline; import it only when used
-  return synqt_cache.feature_cache(config, workdir, model, variables)
-
+TRAINABLE = (r"^qsm/", r"^synqt_head/", r"^head/")
 
 SYNQT = base.register(base.Method(
-    name="synqt", model_cls=SynQTViT, trainable=(r"^qsm/", r"^synqt_head/", r"^head/"), defaults=defaults,
-    model_kwargs=model_kwargs, post_load=post_load, feature_cache=_feature_cache, doc=__doc__))
-
-from vit_adapt.methods.synqt import official  # noqa: E402,F401  (registers the official-synqt checkpoint source)
+    name="synqt", model_cls=SynQTViT, trainable=TRAINABLE, defaults=defaults,
+    model_kwargs=model_kwargs, post_load=post_load, doc=__doc__,
+    # Runs whose frozen features agree (same backbone, data, and these fields) can share one cache.
+    feature_cache=base.FeatureCache(
+        iterator=functools.partial(cache.feature_cache, trainable=TRAINABLE),
+        enabled=lambda config: bool(config.method.cache_features),
+        key_fields=("cache_features", "cache_dtype"), dir_field="cache_dir")))

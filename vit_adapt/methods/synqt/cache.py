@@ -42,6 +42,7 @@ import ml_dtypes
 import numpy as np
 from absl import logging
 
+from vit_adapt.data import pipeline, transforms
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 
@@ -206,11 +207,10 @@ class CachedSource:
     return {"features": np.array(self._features[i]).view(self._view), "label": self._labels[i]}
 
 
-def feature_cache(config, workdir: str, model, variables):
-  """`Method.feature_cache` for SynQT: builds/verifies the cache and returns the cached training iterator, or
-  None when `config.method.cache_features` is ''."""
-  from vit_adapt.data import pipeline, transforms
-  from vit_adapt.methods import synqt
+def feature_cache(config, workdir: str, model, variables, *, trainable):
+  """`Method.feature_cache.iterator` for SynQT: builds/verifies the cache and returns the cached training
+  iterator, or None when `config.method.cache_features` is ''. `trainable`: SynQT's trainable patterns (what
+  the fingerprint leaves out)."""
 
   kind = config.method.cache_features
   if not kind:
@@ -220,7 +220,7 @@ def feature_cache(config, workdir: str, model, variables):
   n_total = pipeline.num_examples(config, config.dataset.split)
   n_host = len(range(pi, n_total, pc))
   shape = example_shape(model, kind)
-  fp = fingerprint(config, model, variables["params"], synqt.SYNQT.trainable, pi, pc)
+  fp = fingerprint(config, model, variables["params"], trainable, pi, pc)
   root = config.method.cache_dir or os.path.join(workdir, "synqt_cache")
   cache = FeatureCache(os.path.join(root, f"{fp}-p{pi}of{pc}"), n_host, shape, config.method.cache_dtype)
   per_example = cache.nbytes / max(n_host, 1)
