@@ -123,7 +123,7 @@ def _bare_rate(paths: list[str]) -> tuple[float, float]:
 def main(argv):
   del argv
   from vit_adapt.data import pipeline
-  from vit_adapt.data import datasets as tasks
+  from vit_adapt.data import datasets
 
   root = tempfile.mkdtemp(prefix="vit_adapt_input_")
   rows = []
@@ -134,7 +134,7 @@ def main(argv):
     _write_lists(folder, rels)
     paths = [os.path.join(folder, r) for r in rels]
     tfds_name = _tfds_dataset(os.path.join(root, "tfds"), f"bench_jpeg_{label.replace('x', '_')}", paths)
-    tasks.register(tasks.Task(name=task_name, kind="vtab", num_classes=47, tfds_name=tfds_name,
+    datasets.register(datasets.Dataset(name=task_name, kind="vtab", num_classes=47, tfds_name=tfds_name,
                               splits=(("train800val200", "train"), ("test", "train")), folder=None))
     label = f"{label} JPEG, {np.mean([os.path.getsize(p) for p in paths]) / 1024:.0f} KB"
     rows.append((label, "-", "decode+resize only (no grain)", 1, _bare_rate(paths)))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vit_adapt.data import datasets as tasks
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
 # (task, tfds name, val200, test, classes), transcribed from google-research/task_adaptation via vtab.md.
@@ -31,27 +31,27 @@ VTAB_TABLE = [
 
 
 def test_vtab_registry_matches_the_protocol_table():
-  assert tasks.VTAB_1K == tuple(f"vtab/{row[0]}" for row in VTAB_TABLE)
+  assert datasets.VTAB_1K == tuple(f"vtab/{row[0]}" for row in VTAB_TABLE)
   for name, tfds_name, val200, test, classes in VTAB_TABLE:
-    task = tasks.get_task(f"vtab/{name}")
+    task = datasets.get_dataset(f"vtab/{name}")
     assert task.tfds_name == tfds_name and task.num_classes == classes and task.kind == "vtab"
     assert task.tfds_split("train800") == "train[:800]"
     assert task.tfds_split("val200") == val200
     assert task.tfds_split("train800val200") == f"train[:800]+{val200}"
     assert task.tfds_split("test") == test
-  assert [tasks.get_task(n).num_classes for n in tasks.VTAB_1K] == [
+  assert [datasets.get_dataset(n).num_classes for n in datasets.VTAB_1K] == [
       102, 100, 47, 102, 37, 10, 397, 2, 10, 45, 5, 8, 6, 6, 4, 16, 16, 18, 9]
 
 
 def test_folder_names_follow_the_noah_release():
-  folders = {tasks.get_task(n).folder for n in tasks.VTAB_1K}
+  folders = {datasets.get_dataset(n).folder for n in datasets.VTAB_1K}
   assert folders == {"cifar", "caltech101", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397",
                      "patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy", "clevr_count", "clevr_dist",
                      "dmlab", "kitti", "dsprites_loc", "dsprites_ori", "smallnorb_azi", "smallnorb_ele"}
 
 
 def test_channel_fixes():
-  fixes = {n: tasks.get_task(n).channel_fix for n in tasks.VTAB_1K if tasks.get_task(n).channel_fix != "none"}
+  fixes = {n: datasets.get_dataset(n).channel_fix for n in datasets.VTAB_1K if datasets.get_dataset(n).channel_fix != "none"}
   assert fixes == {"vtab/dsprites_loc": "binary_tile", "vtab/dsprites_ori": "binary_tile",
                    "vtab/smallnorb_azi": "tile", "vtab/smallnorb_ele": "tile"}
 
@@ -60,26 +60,26 @@ def test_complete_datasets_and_demo():
   expected = {"cifar100": 100, "svhn": 10, "food101": 101, "oxford_flowers102": 102, "oxford_iiit_pet": 37,
               "dtd": 47, "stanford_cars": 196, "fgvc_aircraft": 100, "demo/digits": 10}
   for name, classes in expected.items():
-    task = tasks.get_task(name)
+    task = datasets.get_dataset(name)
     assert task.num_classes == classes and task.split_names == ("train", "test")
-  assert tasks.get_task("food101").tfds_split("test") == "validation"
-  assert tasks.get_task("stanford_cars").tfds_name == "cars196:2.*.*"
-  assert tasks.get_task("dtd").tfds_split("train") == "train+validation"
+  assert datasets.get_dataset("food101").tfds_split("test") == "validation"
+  assert datasets.get_dataset("stanford_cars").tfds_name == "cars196:2.*.*"
+  assert datasets.get_dataset("dtd").tfds_split("train") == "train+validation"
   with pytest.raises(UserError, match="not available in tensorflow_datasets"):
-    tasks.get_task("fgvc_aircraft").tfds_split("train")
+    datasets.get_dataset("fgvc_aircraft").tfds_split("train")
 
 
 def test_unknown_task_and_split_list_the_valid_ones():
   with pytest.raises(UserError) as e:
-    tasks.get_task("vtab/cifar")
-  for name in tasks.names():
+    datasets.get_dataset("vtab/cifar")
+  for name in datasets.names():
     assert name in str(e.value)
   with pytest.raises(UserError, match="train800, val200, train800val200, test"):
-    tasks.get_task("vtab/dtd").tfds_split("train")
+    datasets.get_dataset("vtab/dtd").tfds_split("train")
 
 
 def _label(name, **example):
-  return tasks.get_task(name).label_fn(example)
+  return datasets.get_dataset(name).label_fn(example)
 
 
 def test_dsprites_bins():
@@ -100,11 +100,11 @@ def _clevr(depths):
 
 def test_clevr_count_and_distance():
   for n in range(3, 11):
-    assert tasks.clevr_count(_clevr([9.0] * n)) == n - 3
+    assert datasets.clevr_count(_clevr([9.0] * n)) == n - 3
   # thresholds [0, 8, 8.5, 9, 9.5, 10, 100]: label = largest i with threshold[i] < min depth.
   for depths, label in [([7.9, 12.0], 0), ([8.0], 0), ([8.2, 9.7], 1), ([8.7], 2), ([9.2], 3), ([9.7], 4),
                         ([10.5, 11.0], 5), ([30.0], 5)]:
-    assert tasks.clevr_distance(_clevr(depths)) == label, depths
+    assert datasets.clevr_distance(_clevr(depths)) == label, depths
 
 
 def _kitti(objects):
@@ -115,8 +115,8 @@ def _kitti(objects):
 
 def test_kitti_closest_vehicle():
   # Types 0-2 are Car, Van, Truck; others (pedestrian = 3, ...) are ignored. Bins: <8, 8-20, 20-999, none.
-  assert tasks.kitti_closest_vehicle(_kitti([(0, 5.0), (0, 30.0)])) == 0
-  assert tasks.kitti_closest_vehicle(_kitti([(3, 2.0), (1, 12.0)])) == 1
-  assert tasks.kitti_closest_vehicle(_kitti([(2, 50.0)])) == 2
-  assert tasks.kitti_closest_vehicle(_kitti([(3, 2.0), (6, 1.0)])) == 3
-  assert tasks.kitti_closest_vehicle(_kitti([])) == 3
+  assert datasets.kitti_closest_vehicle(_kitti([(0, 5.0), (0, 30.0)])) == 0
+  assert datasets.kitti_closest_vehicle(_kitti([(3, 2.0), (1, 12.0)])) == 1
+  assert datasets.kitti_closest_vehicle(_kitti([(2, 50.0)])) == 2
+  assert datasets.kitti_closest_vehicle(_kitti([(3, 2.0), (6, 1.0)])) == 3
+  assert datasets.kitti_closest_vehicle(_kitti([])) == 3

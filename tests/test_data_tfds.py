@@ -12,7 +12,7 @@ from tensorflow_datasets import testing as tfds_testing
 
 from vit_adapt import config_lib
 from vit_adapt.data import pipeline, prepare
-from vit_adapt.data import datasets as tasks
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
 SIZE, BATCH, MOCK_N = 32, 4, 6
@@ -53,10 +53,10 @@ def split_calls(monkeypatch):
   return calls
 
 
-@pytest.mark.parametrize("name", tasks.VTAB_1K)
+@pytest.mark.parametrize("name", datasets.VTAB_1K)
 def test_vtab_task_through_pipeline_under_mock_data(name, monkeypatch, split_calls):
-  task = tasks.get_task(name)
-  monkeypatch.setitem(tasks._REGISTRY, name, _mock_safe(task))
+  task = datasets.get_dataset(name)
+  monkeypatch.setitem(datasets._REGISTRY, name, _mock_safe(task))
   config = _config(name)
   with tfds.testing.mock_data(num_examples=MOCK_N):
     batch = next(pipeline.train_iterator(config, seed=0, process_index=0, process_count=1))
@@ -79,7 +79,7 @@ def test_vtab_task_through_pipeline_under_mock_data(name, monkeypatch, split_cal
 def test_dsprites_binary_images_become_black_and_white(monkeypatch):
   """dSprites stores {0, 1}: the channel fix must scale to {0, 255} before normalising (else all ~-1)."""
   name = "vtab/dsprites_loc"
-  monkeypatch.setitem(tasks._REGISTRY, name, _mock_safe(tasks.get_task(name)))
+  monkeypatch.setitem(datasets._REGISTRY, name, _mock_safe(datasets.get_dataset(name)))
   config = _config(name)
   config.model.image_size = 64  # no resampling: pixels stay exactly -1 or 1
   with tfds.testing.mock_data(num_examples=MOCK_N, max_value=2):
@@ -89,7 +89,7 @@ def test_dsprites_binary_images_become_black_and_white(monkeypatch):
 
 # --- A real ArrayRecord dataset: tfds's DummyMnist test builder (20 28x28 grayscale PNGs per split). ---
 
-_DUMMY = tasks.Task(name="test/dummy_mnist", kind="complete", num_classes=10, tfds_name="dummy_mnist",
+_DUMMY = datasets.Dataset(name="test/dummy_mnist", kind="complete", num_classes=10, tfds_name="dummy_mnist",
                     splits=(("train", "train"), ("test", "test[:13]")), channel_fix="tile")
 
 
@@ -105,7 +105,7 @@ def prepared_dirs(tmp_path_factory):
 
 @pytest.fixture
 def dummy_task(monkeypatch):
-  monkeypatch.setitem(tasks._REGISTRY, _DUMMY.name, _DUMMY)
+  monkeypatch.setitem(datasets._REGISTRY, _DUMMY.name, _DUMMY)
   return _DUMMY
 
 

@@ -15,7 +15,7 @@ from vit_adapt.sweep import devices as sweep_devices
 from vit_adapt.sweep import grid as sweep_grid
 from vit_adapt.sweep import runner as sweep_runner
 from vit_adapt.sweep import state as sweep_state
-from vit_adapt.data import datasets as tasks
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,9 +46,9 @@ def test_grid_syntax():
 
 
 def test_task_lists_follow_the_registry():
-  assert sweep_grid.VTAB_TASKS == tasks.VTAB_1K  # the canonical order of the papers' tables
+  assert sweep_grid.VTAB_TASKS == datasets.VTAB_1K  # the canonical order of the papers' tables
   assert [len(v) for v in sweep_grid.VTAB_GROUPS.values()] == [7, 4, 8]
-  assert sweep_grid.parse_tasks("all") == list(tasks.VTAB_1K)
+  assert sweep_grid.parse_tasks("all") == list(datasets.VTAB_1K)
   assert sweep_grid.parse_tasks("specialized,vtab/dtd,vtab/eurosat") == [
       "vtab/patch_camelyon", "vtab/eurosat", "vtab/resisc45", "vtab/diabetic_retinopathy", "vtab/dtd"]
 

@@ -65,13 +65,13 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
 
   Accepted arguments: task, seed, demo, plus `extra_args` (name -> default) that the config file reads itself.
   """
-  from vit_adapt.data import datasets as tasks
+  from vit_adapt.data import datasets
 
   args = parse_arg(arg, {"task": "vtab/cifar100", "seed": 0, "demo": False, **extra_args})
   c = base_config(method, task=args["task"], seed=int(args["seed"]))
   if args["demo"]:
     apply_demo(c)
-  c.dataset.num_classes = tasks.get_task(c.dataset.name).num_classes
+  c.dataset.num_classes = datasets.get_dataset(c.dataset.name).num_classes
   return c, args
 
 

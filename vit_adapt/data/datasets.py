@@ -1,13 +1,14 @@
-"""Task registry: every dataset vit_adapt can train on, by name.
+"""Dataset registry: every dataset vit_adapt can train on, by name (the "tasks" of VTAB and of `--tasks`).
 
-Three kinds of task:
+Three kinds:
   * `vtab/<task>`: the 19 VTAB-1k tasks. Split strings, label mappings and class counts follow
     google-research/task_adaptation (see docs/data.md); `train800`, `val200`, `train800val200` and `test`.
   * complete datasets (`cifar100`, `svhn`, `food101`, `oxford_flowers102`, `oxford_iiit_pet`, `dtd`,
     `stanford_cars`, `fgvc_aircraft`): full training sets, splits `train` and `test`.
   * `demo/digits`: scikit-learn's handwritten digits, embedded (no download), splits `train` and `test`.
 
-A task knows where its data lives for each source: a tfds name with version (None when tfds 4.9.10 has no builder,
+A dataset knows its learning task (`vit_adapt.tasks`: classification for all of these), its VTAB group, and
+where its data lives for each source: a tfds name with version (None when tfds 4.9.10 has no builder,
 e.g. FGVC-Aircraft) and the folder name in the NOAH/VPT image-folder release. Label functions read the numpy
 example dict that `tfds.data_source` returns; they are plain Python so the same registry serves every source.
 This module imports neither TensorFlow nor tfds.
@@ -81,7 +82,7 @@ def kitti_closest_vehicle(ex: Example) -> int:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
+class Dataset:
   """One dataset + protocol. `splits` maps our split names to tfds split strings (None when not in tfds)."""
 
   name: str
@@ -95,6 +96,8 @@ class Task:
   image_key: str = "image"
   default_augment: str = "none"              # what the papers train with (config.dataset.augment)
   note: str = ""                             # manual download / availability remarks shown by `prepare`
+  group: str = ""                            # VTAB-1k group: 'natural' | 'specialized' | 'structured'
+  task: str = "classification"               # what is learned from it (a `vit_adapt.tasks` name)
 
   @property
   def split_names(self) -> tuple[str, ...]:
@@ -118,13 +121,13 @@ class Task:
     return split
 
 
-def _vtab(task: str, tfds_name: str, *, val200: str, test: str, num_classes: int,
-          train: str = "train", folder: str | None = None, **kw) -> Task:
+def _vtab(group: str, task: str, tfds_name: str, *, val200: str, test: str, num_classes: int,
+          train: str = "train", folder: str | None = None, **kw) -> Dataset:
   train800 = f"{train}[:800]"
   splits = (("train800", train800), ("val200", val200), ("train800val200", f"{train800}+{val200}"),
             ("test", test))
-  return Task(name=f"vtab/{task}", kind="vtab", num_classes=num_classes, tfds_name=tfds_name, splits=splits,
-              folder=folder or task, **kw)
+  return Dataset(name=f"vtab/{task}", kind="vtab", num_classes=num_classes, tfds_name=tfds_name, splits=splits,
+                 folder=folder or task, group=group, **kw)
 
 
 _MANUAL = ("needs a manual download into <data_dir>/downloads/manual/; `python -m vit_adapt.data.prepare "
@@ -132,47 +135,47 @@ _MANUAL = ("needs a manual download into <data_dir>/downloads/manual/; `python -
 
 _VTAB = [
     # Natural
-    _vtab("caltech101", "caltech101:3.*.*", val200="train[2754:2954]", test="test", num_classes=102),
-    _vtab("cifar100", "cifar100:3.*.*", val200="train[45000:45200]", test="test", num_classes=100,
+    _vtab("natural", "caltech101", "caltech101:3.*.*", val200="train[2754:2954]", test="test", num_classes=102),
+    _vtab("natural", "cifar100", "cifar100:3.*.*", val200="train[45000:45200]", test="test", num_classes=100,
           folder="cifar"),
-    _vtab("dtd", "dtd:3.*.*", val200="validation[:200]", test="test", num_classes=47),
-    _vtab("oxford_flowers102", "oxford_flowers102:2.*.*", val200="validation[:200]", test="test",
+    _vtab("natural", "dtd", "dtd:3.*.*", val200="validation[:200]", test="test", num_classes=47),
+    _vtab("natural", "oxford_flowers102", "oxford_flowers102:2.*.*", val200="validation[:200]", test="test",
           num_classes=102),
     # VTAB pins 3.*.*; tfds 4.9.10 only has 4.0.0 (same examples and sizes).
-    _vtab("oxford_iiit_pet", "oxford_iiit_pet:4.*.*", val200="train[2944:3144]", test="test", num_classes=37),
-    _vtab("svhn", "svhn_cropped:3.*.*", val200="train[65931:66131]", test="test", num_classes=10),
-    _vtab("sun397", "sun397/tfds:4.*.*", val200="validation[:200]", test="test", num_classes=397),
+    _vtab("natural", "oxford_iiit_pet", "oxford_iiit_pet:4.*.*", val200="train[2944:3144]", test="test", num_classes=37),
+    _vtab("natural", "svhn", "svhn_cropped:3.*.*", val200="train[65931:66131]", test="test", num_classes=10),
+    _vtab("natural", "sun397", "sun397/tfds:4.*.*", val200="validation[:200]", test="test", num_classes=397),
     # Specialized
-    _vtab("patch_camelyon", "patch_camelyon:2.*.*", val200="validation[:200]", test="test", num_classes=2),
-    _vtab("eurosat", "eurosat/rgb:2.*.*", val200="train[16200:16400]", test="train[21600:]", num_classes=10),
-    _vtab("resisc45", "resisc45:3.*.*", val200="train[18900:19100]", test="train[25200:]", num_classes=45,
+    _vtab("specialized", "patch_camelyon", "patch_camelyon:2.*.*", val200="validation[:200]", test="test", num_classes=2),
+    _vtab("specialized", "eurosat", "eurosat/rgb:2.*.*", val200="train[16200:16400]", test="train[21600:]", num_classes=10),
+    _vtab("specialized", "resisc45", "resisc45:3.*.*", val200="train[18900:19100]", test="train[25200:]", num_classes=45,
           note=_MANUAL.format("vtab/resisc45")),
-    _vtab("diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300:3.*.*", val200="validation[:200]",
+    _vtab("specialized", "diabetic_retinopathy", "diabetic_retinopathy_detection/btgraham-300:3.*.*", val200="validation[:200]",
           test="test", num_classes=5,
           note=_MANUAL.format("vtab/diabetic_retinopathy")),
     # Structured
-    _vtab("clevr_count", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=8,
+    _vtab("structured", "clevr_count", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=8,
           label_fn=clevr_count),
-    _vtab("clevr_dist", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=6,
+    _vtab("structured", "clevr_dist", "clevr:3.*.*", val200="train[63000:63200]", test="validation", num_classes=6,
           label_fn=clevr_distance),
-    _vtab("dmlab", "dmlab:2.0.1", val200="validation[:200]", test="test", num_classes=6),
+    _vtab("structured", "dmlab", "dmlab:2.0.1", val200="validation[:200]", test="test", num_classes=6),
     # VTAB pins 3.1.0; tfds 4.9.10 can only generate the default 3.3.0 (same splits and sizes).
-    _vtab("kitti", "kitti:3.3.0", val200="validation[:200]", test="test", num_classes=4,
+    _vtab("structured", "kitti", "kitti:3.3.0", val200="validation[:200]", test="test", num_classes=4,
           label_fn=kitti_closest_vehicle),
-    _vtab("dsprites_loc", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
+    _vtab("structured", "dsprites_loc", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
           num_classes=16, label_fn=_bin("label_x_position", 32, 16), channel_fix="binary_tile"),
-    _vtab("dsprites_ori", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
+    _vtab("structured", "dsprites_ori", "dsprites:2.*.*", val200="train[589824:590024]", test="train[663552:]",
           num_classes=16, label_fn=_bin("label_orientation", 40, 16), channel_fix="binary_tile"),
-    _vtab("smallnorb_azi", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=18,
+    _vtab("structured", "smallnorb_azi", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=18,
           label_fn=_read("label_azimuth"), channel_fix="tile"),
-    _vtab("smallnorb_ele", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=9,
+    _vtab("structured", "smallnorb_ele", "smallnorb:2.*.*", val200="test[:200]", test="test[50%:]", num_classes=9,
           label_fn=_read("label_elevation"), channel_fix="tile"),
 ]
 
 
 def _complete(name: str, tfds_name: str | None, num_classes: int, *, train: str | None = "train",
-              test: str | None = "test", **kw) -> Task:
-  return Task(name=name, kind="complete", num_classes=num_classes, tfds_name=tfds_name,
+              test: str | None = "test", **kw) -> Dataset:
+  return Dataset(name=name, kind="complete", num_classes=num_classes, tfds_name=tfds_name,
               splits=(("train", train), ("test", test)), folder=name, default_augment="inception_crop", **kw)
 
 
@@ -194,16 +197,19 @@ _COMPLETE = [
 ]
 
 _DEMO = [
-    Task(name="demo/digits", kind="demo", num_classes=10, tfds_name=None, splits=(("train", None), ("test", None)),
+    Dataset(name="demo/digits", kind="demo", num_classes=10, tfds_name=None, splits=(("train", None), ("test", None)),
          folder=None, note="scikit-learn's load_digits (1797 8x8 images), embedded; no download."),
 ]
 
-_REGISTRY: dict[str, Task] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_DEMO)}
+_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_DEMO)}
 
+# The 19 VTAB-1k tasks in the canonical order of the papers' tables, and their groups in that order.
 VTAB_1K = tuple(t.name for t in _VTAB)
+VTAB_GROUPS: dict[str, tuple[str, ...]] = {
+    g: tuple(t.name for t in _VTAB if t.group == g) for g in dict.fromkeys(t.group for t in _VTAB)}
 
 
-def register(task: Task) -> Task:
+def register(task: Dataset) -> Dataset:
   """Adds a task (e.g. a custom tfds dataset or image folder) so configs can name it; names must be new."""
   if task.name in _REGISTRY:
     raise UserError(f"task {task.name!r} is already registered.")
@@ -217,7 +223,7 @@ def names() -> tuple[str, ...]:
   return tuple(_REGISTRY)
 
 
-def get_task(name: str) -> Task:
+def get_dataset(name: str) -> Dataset:
   try:
     return _REGISTRY[name]
   except KeyError:

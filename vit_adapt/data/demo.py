@@ -11,7 +11,7 @@ import functools
 
 import numpy as np
 
-from vit_adapt.data.datasets import Task
+from vit_adapt.data.datasets import Dataset
 
 NUM_TEST = 360
 _SPLIT_SEED = 0
@@ -32,7 +32,7 @@ def _digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 class DigitsSource:
   """Random access to one split: {'image': uint8 (8, 8), 'label', 'where'}."""
 
-  def __init__(self, task: Task, split: str):
+  def __init__(self, task: Dataset, split: str):
     self.task, self.split = task, task.check_split(split)
     self._images, self._labels = _digits()[split]
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 
-from vit_adapt.data.datasets import Task
+from vit_adapt.data.datasets import Dataset
 from vit_adapt.errors import UserError
 
 
-def task_dir(task: Task, root: str) -> str:
+def task_dir(task: Dataset, root: str) -> str:
   if not root:
     raise UserError(f"config.dataset.source='folder' needs config.dataset.root: the directory holding the task "
                     f"folder {task.folder!r} (NOAH/VPT layout) for task {task.name!r}.")
@@ -67,7 +67,7 @@ def _parse_json(path: str, base: str) -> list[tuple[str, int, str]]:
   return entries
 
 
-def list_file(task: Task, root: str, split: str) -> str:
+def list_file(task: Dataset, root: str, split: str) -> str:
   """The list file of `split`: `<split>.txt` (NOAH/VPT), else `<split>.json` (SynQT)."""
   folder = task_dir(task, root)
   for ext in (".txt", ".json"):
@@ -82,7 +82,7 @@ def list_file(task: Task, root: str, split: str) -> str:
 class FolderSource:
   """Random access to one split: {'image': file path, 'label', 'where': 'list file:line'}."""
 
-  def __init__(self, task: Task, split: str, root: str, num_classes: int | None = None):
+  def __init__(self, task: Dataset, split: str, root: str, num_classes: int | None = None):
     self.task, self.split = task, task.check_split(split)
     num_classes = num_classes or task.num_classes
     self.path = list_file(task, root, split)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from vit_adapt.data import images, sources, transforms
-from vit_adapt.data.datasets import Task
+from vit_adapt.data.datasets import Dataset
 from vit_adapt.errors import UserError
 
 
@@ -59,7 +59,7 @@ def _check_options(config: ml_collections.ConfigDict) -> None:
     raise UserError(f"config.dataset.label_smoothing={d.label_smoothing} must be in [0, 1).")
 
 
-def _batch_transform(config: ml_collections.ConfigDict, task: Task) -> transforms.BatchTransform:
+def _batch_transform(config: ml_collections.ConfigDict, task: Dataset) -> transforms.BatchTransform:
   d = config.dataset
   return transforms.BatchTransform(num_classes=sources.num_classes(config, task), mixup=float(d.mixup), cutmix=float(d.cutmix),
                                    label_smoothing=float(d.label_smoothing))

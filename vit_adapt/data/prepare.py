@@ -15,7 +15,7 @@ import os
 
 from absl import flags, logging
 
-from vit_adapt.data import datasets as tasks_lib
+from vit_adapt.data import datasets
 from vit_adapt import cli
 from vit_adapt.errors import UserError
 
@@ -64,10 +64,10 @@ def manual_instructions(tfds_name: str, data_dir: str) -> str | None:
 
 def tfds_names(task_arg: str) -> list[tuple[str, list[str]]]:
   """--task value -> [(tfds name, [task names using it])], each tfds dataset once, in task order."""
-  names = tasks_lib.VTAB_1K if task_arg == "all" else (task_arg,)
+  names = datasets.VTAB_1K if task_arg == "all" else (task_arg,)
   out: dict[str, list[str]] = {}
   for name in names:
-    task = tasks_lib.get_task(name)
+    task = datasets.get_dataset(name)
     if task.tfds_name is None:
       raise UserError(f"task {name!r} has no tensorflow_datasets builder ({task.note or task.kind}); nothing to "
                       "prepare.")

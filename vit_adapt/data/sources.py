@@ -11,7 +11,7 @@ from typing import Callable
 
 import ml_collections
 
-from vit_adapt.data import datasets as tasks_lib
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
 
@@ -31,7 +31,7 @@ def _demo(task, split, config):
   return DigitsSource(task, split)
 
 
-def num_classes(config: ml_collections.ConfigDict, task: tasks_lib.Task) -> int:
+def num_classes(config: ml_collections.ConfigDict, task: datasets.Dataset) -> int:
   """config.dataset.num_classes when set (> 0), else the task's class count."""
   n = int(config.dataset.get("num_classes", -1))
   return n if n > 0 else task.num_classes
@@ -40,7 +40,7 @@ def num_classes(config: ml_collections.ConfigDict, task: tasks_lib.Task) -> int:
 SOURCES: dict[str, Callable] = {"tfds": _tfds, "folder": _folder, "demo": _demo}
 
 
-def source_name(config: ml_collections.ConfigDict, task: tasks_lib.Task) -> str:
+def source_name(config: ml_collections.ConfigDict, task: datasets.Dataset) -> str:
   """The demo task has exactly one source; other tasks use config.dataset.source ('tfds' | 'folder')."""
   if task.kind == "demo":
     return "demo"
@@ -53,6 +53,6 @@ def source_name(config: ml_collections.ConfigDict, task: tasks_lib.Task) -> str:
 
 def open_source(config: ml_collections.ConfigDict, split: str):
   """-> (task, source) for `split` of config.dataset.name."""
-  task = tasks_lib.get_task(config.dataset.name)
+  task = datasets.get_dataset(config.dataset.name)
   task.check_split(split)
   return task, SOURCES[source_name(config, task)](task, split, config)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import os
 
-from vit_adapt.data.datasets import Task
+from vit_adapt.data.datasets import Dataset
 from vit_adapt.errors import UserError
 
 
-def prepare_command(task: Task, data_dir: str) -> str:
+def prepare_command(task: Dataset, data_dir: str) -> str:
   return f"python -m vit_adapt.data.prepare --task={task.name} --data_dir={data_dir or '<data_dir>'}"
 
 
-def _diagnose(task: Task, data_dir: str | None) -> UserError | None:
+def _diagnose(task: Dataset, data_dir: str | None) -> UserError | None:
   """Turns tfds's failure to open a data source into what the user has to do, when we can tell."""
   import tensorflow_datasets as tfds
 
@@ -39,7 +39,7 @@ def _diagnose(task: Task, data_dir: str | None) -> UserError | None:
 class TfdsSource:
   """Random access to one split of a task: {'image': encoded bytes | uint8 array, 'label', 'where'}."""
 
-  def __init__(self, task: Task, split: str, data_dir: str | None):
+  def __init__(self, task: Dataset, split: str, data_dir: str | None):
     self.task, self.split = task, split
     self.tfds_split = task.tfds_split(split)
     if data_dir and not os.path.isdir(data_dir):

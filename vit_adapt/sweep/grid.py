@@ -19,18 +19,13 @@ import os
 import re
 from typing import Any, Sequence
 
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
-# The 19 VTAB-1k tasks in the canonical order of the papers' tables, by group (Natural, Specialized,
-# Structured). The names are the `vtab/<task>` names of `vit_adapt.data.datasets`.
-VTAB_GROUPS: dict[str, tuple[str, ...]] = {
-    "natural": ("caltech101", "cifar100", "dtd", "oxford_flowers102", "oxford_iiit_pet", "svhn", "sun397"),
-    "specialized": ("patch_camelyon", "eurosat", "resisc45", "diabetic_retinopathy"),
-    "structured": ("clevr_count", "clevr_dist", "dmlab", "kitti", "dsprites_loc", "dsprites_ori",
-                   "smallnorb_azi", "smallnorb_ele"),
-}
-VTAB_TASKS: tuple[str, ...] = tuple(f"vtab/{t}" for g in VTAB_GROUPS.values() for t in g)
-TASK_GROUP: dict[str, str] = {f"vtab/{t}": g for g, ts in VTAB_GROUPS.items() for t in ts}
+# The VTAB-1k tasks and groups are the dataset registry's (one source of truth); full `vtab/<task>` names.
+VTAB_GROUPS: dict[str, tuple[str, ...]] = datasets.VTAB_GROUPS
+VTAB_TASKS: tuple[str, ...] = datasets.VTAB_1K
+TASK_GROUP: dict[str, str] = {t: g for g, ts in VTAB_GROUPS.items() for t in ts}
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -40,7 +35,7 @@ def parse_tasks(spec: str) -> list[str]:
     if item == "all":
       names = list(VTAB_TASKS)
     elif item in VTAB_GROUPS:
-      names = [f"vtab/{t}" for t in VTAB_GROUPS[item]]
+      names = list(VTAB_GROUPS[item])
     else:
       names = [item]
     out.extend(n for n in names if n not in out)

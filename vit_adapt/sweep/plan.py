@@ -36,7 +36,7 @@ def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> l
   refs = [sweep_grid.ConfigRef.parse(c) for c in configs]
   task_names = sweep_grid.parse_tasks(tasks)
   for name in task_names:
-    datasets.get_task(name)  # an unknown task fails here, before anything starts, naming the valid ones
+    datasets.get_dataset(name)  # an unknown task fails here, before anything starts, naming the valid ones
   if not task_names:
     for ref in refs:
       if not ref.task_in_arg():

@@ -135,7 +135,7 @@ def aggregate(rows: list[dict]) -> tuple[list[dict], list[str]]:
     present = {task: s[0] for task, s in t["tasks"].items() if s[2]}
     t["groups"] = {}
     for g, names in sweep_grid.VTAB_GROUPS.items():
-      vals = [present[f"vtab/{n}"] for n in names if f"vtab/{n}" in present]
+      vals = [present[n] for n in names if n in present]
       t["groups"][g] = (statistics.fmean(vals) if vals else math.nan, len(vals), len(names))
     vtab_vals = [v for k, v in present.items() if k in sweep_grid.TASK_GROUP]
     all_vals = list(present.values())
