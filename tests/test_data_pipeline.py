@@ -7,7 +7,9 @@ import grain
 import pytest
 
 from vit_adapt import config_lib
-from vit_adapt.data import pipeline, transforms
+from vit_adapt.data import pipeline
+from vit_adapt.data import transforms
+from vit_adapt.train import optim
 from vit_adapt.errors import UserError
 
 
@@ -162,9 +164,9 @@ def test_eval_padding_counts_each_example_once(batch_size):
 def test_sizes_and_steps():
   config = _config()
   assert pipeline.num_examples(config) == 1437 and pipeline.num_examples(config, "test") == 360
-  assert pipeline.steps_per_epoch(config) == 1437 // 16
+  assert optim.schedule_lengths(config, pipeline.num_examples(config))[0] == 1437 // 16
   config.train.keep_last_partial = True
-  assert pipeline.steps_per_epoch(config) == 1437 // 16 + 1
+  assert optim.schedule_lengths(config, pipeline.num_examples(config))[0] == 1437 // 16 + 1
 
 
 @pytest.mark.filterwarnings("ignore:self.within_class_std_dev_")  # constant border pixels: harmless

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 
+from vit_adapt.tasks import classification
 from vit_adapt.methods import base
 from vit_adapt.methods import dyt
 from vit_adapt.models import vit
@@ -119,7 +120,8 @@ def _loss_fn(model, cfg, trainable, frozen, x, labels, rng):
   rngs = {"dropout": rng, "gumbel": jax.random.fold_in(rng, 1)}
   fwd = lambda **kw: model.apply({"params": params}, x, train=True, rngs=rngs, **kw)
   logits, out = fwd()
-  return dyt.loss(base.LossInputs(logits, out, labels, fwd, cfg, True))
+  return dyt.loss(base.LossInputs(logits, out, labels, fwd, cfg, True,
+                                  task_loss=lambda lg: classification.loss(lg, labels)))
 
 
 def test_straight_through_gradients_reach_router():

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from vit_adapt.train import optim
+from vit_adapt.train import step as train_step
 from vit_adapt import config_lib, methods
 from vit_adapt.efficiency import report as efficiency
 
@@ -34,7 +36,9 @@ def test_report_fields_and_trainable_counts(tiny_config, fast_compile):
   config = tiny_config("lora", efficiency=dict(enabled=True))
   model, method = methods.build_model(config)
   variables = methods.init_variables(model, method, config)
-  r = efficiency.report(config, model, method, variables)
+  trainable, _ = optim.split_trainable(variables["params"], method, config.optim)
+  memory = train_step.train_step_memory(config, model, method, variables)
+  r = efficiency.report(config, model, variables, trainable=trainable, train_memory_bytes=memory)
   d, rank = 32, config.method.rank
   assert r["trainable_params"] == 2 * 2 * rank * 2 * d + (d * 10 + 10)
   assert r["total_params"] > r["trainable_params"]
@@ -42,8 +46,8 @@ def test_report_fields_and_trainable_counts(tiny_config, fast_compile):
   assert r["throughput_images_per_s"] > 0 and r["batch_size"] == 8
   assert r["peak_train_memory_bytes"] > 0 and r["dtype"] == "float32" and "cpu" in r["device"]
   # Per-example statistics of an input-dependent method replace the compiled count by their average.
-  r2 = efficiency.report(config, model, method, variables, eval_stats={"gmacs": 0.5}, measure_throughput=False,
-                         train_memory_bytes=1)
+  r2 = efficiency.report(config, model, variables, trainable=trainable, eval_stats={"gmacs": 0.5},
+                         measure_throughput=False, train_memory_bytes=1)
   assert r2["gmacs_per_image"] == 0.5 and r2["gmacs_source"] == "eval_average"
   assert r2["gmacs_compiled_program"] == r["gmacs_per_image"]
 

@@ -6,6 +6,7 @@ import numpy as np
 import optax
 import pytest
 
+from vit_adapt.tasks import classification
 from vit_adapt import config_lib, methods
 from vit_adapt.efficiency import measure as efficiency_lib
 from vit_adapt.errors import UserError
@@ -135,7 +136,8 @@ def test_loss_is_sum_of_exit_ce_plus_weighted_graph(built):
   c, model, method, params, images, _ = built
   labels = jax.nn.one_hot(jnp.array([0, 1, 0, 1, 2, 2, 3, 3, 4, 5, 6, 7]), 10)
   logits, out = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
-  inp = base.LossInputs(logits, out, labels, forward=None, config=c.method, train=True)
+  inp = base.LossInputs(logits, out, labels, forward=None, config=c.method, train=True,
+                        task_loss=lambda lg: classification.loss(lg, labels))
   total, metrics = method.loss(inp)
   ces = [float(jnp.mean(optax.softmax_cross_entropy(out["exit_logits"][k], labels))) for k in range(4)]
   graph = sum(float(met_loss.graph_term(out["exit_features"][k], jnp.argmax(labels, -1))) for k in range(3))

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vit_adapt import tasks
 from vit_adapt import config_lib, methods
 from vit_adapt.train import evaluate
 from vit_adapt.methods.met import calibrate as met_calibrate
@@ -66,7 +67,8 @@ def test_calibrated_model_meets_budget_on_calibration_split(model_dir):
   assert model.thresholds == tuple(config.method.thresholds) and "budget" in config.method.calibration
   config_lib.validate(config)
   mesh = mesh_lib.make_mesh()
-  result = evaluate.Evaluator(model, method, mesh)(variables, pipeline.eval_batches(config, "test"))
+  result = evaluate.Evaluator(model, method, tasks.for_config(config), mesh)(
+      variables, pipeline.eval_batches(config, "test"))
   assert result["stats"]["gmacs"] == pytest.approx(0.6 * full, rel=0.02)
   assert result["top1"] == pytest.approx(table["accuracy"], abs=1e-9)
   # The mean exit index of the real early-exit pass matches the calibration table's exit shares.

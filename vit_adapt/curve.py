@@ -27,21 +27,21 @@ FIELDS = ("method", "label", "kind", "knob", "value", "gmacs", "accuracy", "deta
 
 def evaluate_at(ctx, knob, value: float) -> dict:
   """The generic path: build the model at this knob value and evaluate it through its own inference."""
-  from vit_adapt import methods
+  from vit_adapt import methods, tasks
   from vit_adapt.efficiency import report as efficiency
   from vit_adapt.train import evaluate
   from vit_adapt.train import mesh as mesh_lib
-  from vit_adapt.data import pipeline
   config, variables = knob.apply(ctx, value)
   model, method = methods.build_model(config)
+  task = tasks.for_config(config)
   mesh = mesh_lib.make_mesh()
   variables = mesh_lib.replicate(variables, mesh_lib.replicated(mesh))
-  result = evaluate.Evaluator(model, method, mesh)(
-      variables, pipeline.eval_batches(config, ctx.split, batch_size=ctx.batch_size))
+  result = evaluate.Evaluator(model, method, task, mesh)(
+      variables, task.eval_batches(config, ctx.split, batch_size=ctx.batch_size))
   gmacs = result["stats"].get("gmacs")
   if gmacs is None:
-    gmacs = efficiency.gmacs_per_image(model, variables, config.model.image_size)
-  return {"value": float(value), "gmacs": float(gmacs), "accuracy": float(result["top1"]), "detail": ""}
+    gmacs = efficiency.gmacs_per_example(model, variables, task.example_input(config, 1))
+  return {"value": float(value), "gmacs": float(gmacs), "accuracy": float(result[task.primary_metric]), "detail": ""}
 
 
 def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: str = "", calib_split: str = "",

@@ -5,7 +5,7 @@
                                     [, 'soft_label': float32 (b, C)]}, b = train.batch_size // process_count.
   eval_batches(config, split)       finite, deterministic batches {'image', 'label', 'mask'} of a static size,
                                     padded; every example of the split is counted exactly once over all hosts.
-  num_examples / steps_per_epoch    split sizes for schedules.
+  num_examples                      split sizes (the schedule's lengths: `vit_adapt.train.optim.schedule_lengths`).
 
 Per-record work (read, decode, resize, augment, normalise) runs in grain's prefetch threads
 (`config.dataset.num_threads`; PIL and numpy release the GIL); the main thread only stacks batches and, when
@@ -72,9 +72,30 @@ def _read_options(config: ml_collections.ConfigDict, per_host_batch: int) -> gra
                            prefetch_buffer_size=max(int(config.dataset.prefetch) * per_host_batch, threads))
 
 
-def _host_seed(seed: int, process_index: int) -> int:
+def host_seed(seed: int, process_index: int) -> int:
   """Distinct per-host streams (shuffle order and augmentation) from one run seed."""
   return int(np.random.SeedSequence([int(seed), int(process_index)]).generate_state(1)[0])
+
+
+def training_order(ds: grain.MapDataset, seed: int, process_index: int) -> grain.MapDataset:
+  """The training stream's order over one host's records: shuffled by the host's seed, reshuffled each epoch,
+  endless. It depends only on the number of records and the seed, so every training path that reads the same
+  records in this order (the image pipeline, a method's feature cache, shared-feature training via
+  `example_order`) sees the same examples at the same steps."""
+  return ds.seed(host_seed(seed, process_index)).shuffle().repeat(None)
+
+
+def batched(ds: grain.MapDataset, config: ml_collections.ConfigDict, per_host_batch: int) -> grain.IterDataset:
+  """Per-host training batches (the last partial batch of the endless stream never exists: drop_remainder)."""
+  return ds.to_iter_dataset(_read_options(config, per_host_batch)).batch(per_host_batch, drop_remainder=True)
+
+
+def example_order(num_examples: int, batch_size: int, seed: int, steps: int) -> np.ndarray:
+  """(steps, batch_size) indices into a split of `num_examples`: the examples a one-host training run reads at
+  each step (`train_iterator` with the same seed), batches crossing epoch boundaries."""
+  ds = training_order(grain.MapDataset.range(num_examples)[0::1], seed, 0)
+  flat = np.fromiter((ds[k] for k in range(steps * batch_size)), np.int64, steps * batch_size)
+  return flat.astype(np.int32).reshape(steps, batch_size)
 
 
 def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_index: int | None = None,
@@ -91,19 +112,19 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
   if len(shard) == 0:
     raise UserError(f"split {config.dataset.split!r} of {task.name!r} has {len(source)} examples: fewer than the "
                     f"{pc} hosts.")
-  host_seed = _host_seed(seed, pi)
+  seed_pi = host_seed(seed, pi)
   size, augment = int(config.model.image_size), config.dataset.augment
   ds = shard.map(transforms.Load(sources.num_classes(config, task), task.channel_fix))
   if augment != "inception_crop":  # crops need the full image; otherwise resize once, before any randomness
     ds = ds.map(transforms.Resize(size))
     if len(shard) * size * size * 3 <= config.dataset.get("cache_mb", 4096) * 2**20:
       ds = grain.MapDataset.source(_LazyCache(ds))
-  ds = ds.seed(host_seed).shuffle().repeat(None)  # repeat reshuffles each epoch
+  ds = training_order(ds, seed, pi)
   if augment != "none":
     ds = ds.random_map(transforms.Augment(size, augment))
   ds = ds.map(transforms.Normalize(config.dataset.normalization))
-  it = ds.to_iter_dataset(_read_options(config, batch)).batch(batch, drop_remainder=True)
-  it = it.random_map(_batch_transform(config, task), seed=host_seed ^ 0x5EED)
+  it = batched(ds, config, batch)
+  it = it.random_map(_batch_transform(config, task), seed=seed_pi ^ 0x5EED)
   return iter(it)
 
 
@@ -185,14 +206,3 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
 def num_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:
   """Examples in `split` (default config.dataset.split) over all hosts."""
   return len(sources.open_source(config, split or config.dataset.split)[1])
-
-
-def steps_per_epoch(config: ml_collections.ConfigDict) -> int:
-  """Optimizer steps per pass over the training split at the global batch size (>= 1).
-
-  Batches are always full (the stream runs on into the next epoch); `train.keep_last_partial` counts the partial
-  last batch as a step, as the PyTorch codes' loaders do (16 steps for 1,000 images at batch 64, not 15).
-  """
-  n, b = num_examples(config), int(config.train.batch_size)
-  steps = -(-n // b) if config.train.get("keep_last_partial", False) else n // b
-  return max(1, steps)

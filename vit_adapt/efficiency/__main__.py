@@ -32,18 +32,21 @@ def _eval_stats(config, model, method, variables) -> dict | None:
   """Per-example method statistics averaged over the eval split, for methods with input-dependent compute."""
   if method.eval_stats is None:
     return None
+  from vit_adapt import tasks
   from vit_adapt.train import evaluate
   from vit_adapt.train import mesh as mesh_lib
-  from vit_adapt.data import pipeline
+  task = tasks.for_config(config)
   mesh = mesh_lib.make_mesh()
   variables = mesh_lib.replicate(variables, mesh_lib.replicated(mesh))
-  return evaluate.Evaluator(model, method, mesh)(variables, pipeline.eval_batches(config,
-                                                                                  config.dataset.eval_split))["stats"]
+  evaluator = evaluate.Evaluator(model, method, task, mesh)
+  return evaluator(variables, task.eval_batches(config, config.dataset.eval_split))["stats"]
 
 
 def main(argv):
-  from vit_adapt import config_lib
+  from vit_adapt import config_lib  # after flag parsing: keeps `--help` fast
   from vit_adapt.errors import UserError
+  from vit_adapt.train import optim
+  from vit_adapt.train import step as train_step
   del argv
   config = FLAGS.config
   if config is None and not FLAGS.checkpoint:
@@ -54,7 +57,10 @@ def main(argv):
   stats = _eval_stats(config, model, method, variables) if FLAGS.eval_gmacs else None
   result = {"method": config.method.name, "task": config.dataset.name,
             "weights": FLAGS.checkpoint or "seeded random initialisation (no --checkpoint)",
-            **report(config, model, method, variables, eval_stats=stats)}
+            **report(config, model, variables, trainable=optim.split_trainable(variables["params"], method,
+                                                                                config.optim)[0],
+                     train_memory_bytes=train_step.train_step_memory(config, model, method, variables),
+                     eval_stats=stats)}
   text = json.dumps(result, indent=2, default=float)
   print(text)
   if FLAGS.output:

@@ -91,11 +91,15 @@ class MemoryStats:
     return self.argument_bytes + self.output_bytes + self.temp_bytes - self.alias_bytes
 
 
-def compiled_memory(fn: Callable, *args, donate_argnums=(), **kwargs) -> MemoryStats:
-  compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args, **kwargs).compile()
+def memory_stats(compiled) -> MemoryStats:
+  """XLA's memory analysis of a compiled program, per device."""
   m = compiled.memory_analysis()
   return MemoryStats(int(m.argument_size_in_bytes), int(m.output_size_in_bytes), int(m.temp_size_in_bytes),
                      int(getattr(m, "alias_size_in_bytes", 0)), int(m.generated_code_size_in_bytes))
+
+
+def compiled_memory(fn: Callable, *args, donate_argnums=(), **kwargs) -> MemoryStats:
+  return memory_stats(jax.jit(fn, donate_argnums=donate_argnums).lower(*args, **kwargs).compile())
 
 
 def throughput(fn: Callable, *args, batch_size: int, repeats: int = 5, warmup: int = 2,

@@ -11,9 +11,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import optax
 
 from vit_adapt.errors import UserError
 # Re-exported: a method's parameters are split by its `trainable` regexes.
@@ -24,8 +22,10 @@ from vit_adapt.models.params import flatten, merge_params, split_params, unflatt
 class LossInputs:
   """What a method's loss sees for one batch.
 
-  `forward(**kwargs)` re-runs the model on the same images with the same parameters (DyT's complete-model pass
-  uses it); `labels` are soft targets (B, C) (one-hot, smoothed or mixed).
+  `task_loss(logits)` is the task's loss of any logits of this batch against its targets (cross-entropy with
+  soft targets for classification): a method adds its own terms to it, or applies it to several outputs (DyT's
+  complete pass, MET's exits). `forward(**kwargs)` re-runs the model on the same inputs with the same parameters
+  (DyT's complete-model pass uses it); `labels` are the task's targets, e.g. soft labels (B, C).
   """
   logits: jax.Array
   out: dict
@@ -33,15 +33,12 @@ class LossInputs:
   forward: Callable[..., tuple[jax.Array, dict]]
   config: ml_collections.ConfigDict  # config.method
   train: bool
+  task_loss: Callable[[jax.Array], jax.Array]
 
 
-def cross_entropy(logits, labels):
-  """Mean softmax cross-entropy with soft targets."""
-  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), labels))
-
-
-def classification_loss(inp: LossInputs):
-  ce = cross_entropy(inp.logits, inp.labels)
+def task_loss_only(inp: LossInputs):
+  """The default method loss: the task's loss alone (logged as 'ce')."""
+  ce = inp.task_loss(inp.logits)
   return ce, {"ce": ce}
 
 
@@ -92,7 +89,7 @@ class Method:
   defaults: Callable[[], ml_collections.ConfigDict]
   # (config.method, backbone kwargs) -> extra keyword arguments of `model_cls` (beyond the backbone's).
   model_kwargs: Callable[[ml_collections.ConfigDict, dict], dict] = lambda c, backbone: {}
-  loss: Callable[[LossInputs], tuple[jax.Array, dict]] = classification_loss
+  loss: Callable[[LossInputs], tuple[jax.Array, dict]] = task_loss_only
   # Optional hook run once on freshly initialised+loaded params: (params, config) -> params.
   post_load: Callable[[dict, ml_collections.ConfigDict], dict] | None = None
   # Extra RNG streams the model draws from in training (e.g. 'gumbel'); 'dropout' is always provided.

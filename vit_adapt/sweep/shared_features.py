@@ -38,10 +38,24 @@ import os
 import time
 from typing import Any, Sequence
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 from absl import flags, logging
+from ml_collections import config_flags
 
-from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt import config_lib, methods, tasks
+from vit_adapt.data import pipeline, transforms
+from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
+from vit_adapt.models import params as params_lib
+from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.train import checkpoints as train_checkpoints
+from vit_adapt.train import evaluate, optim
+from vit_adapt.train import results as results_lib
+from vit_adapt.train import step as train_state
+from vit_adapt.train import writers as reporting
 
 GROUP_FILE = "group.json"
 
@@ -49,7 +63,6 @@ GROUP_FILE = "group.json"
 # ------------------------------------------------------------------------------------------------ configs
 def load_config(config_arg: str, overrides: dict):
   """The config `python -m vit_adapt.main --config=<config_arg> --config.k=v ...` would build (same parser)."""
-  from ml_collections import config_flags
   argv = (["shared_features", f"--config={config_arg}"]
           + [f"--config.{k}={sweep_grid.format_value(v)}" for k, v in overrides.items()])
   fv = flags.FlagValues()
@@ -156,8 +169,6 @@ def group_command(python: str, workdir: str, runs: Sequence[sweep_grid.Run], gdi
 # ------------------------------------------------------------------------------------------------ features
 def _head_model(model):
   """The classifier alone, as a model over features: same `head` module (name, init, dtype) as the backbone."""
-  import flax.linen as nn
-  import jax.numpy as jnp
 
   class HeadOnFeatures(nn.Module):
     num_classes: int
@@ -173,9 +184,6 @@ def _head_model(model):
 
 def compute_features(config, model, variables, split: str, cache: str | None = None):
   """-> (features (N, D) in split order, labels (N,)): pre-logits of the frozen backbone, cached in `cache`."""
-  import jax
-  import numpy as np
-  from vit_adapt.data import pipeline
   if cache and os.path.isfile(cache):
     with np.load(cache, allow_pickle=False) as z:
       return z["features"], z["labels"]
@@ -195,27 +203,12 @@ def compute_features(config, model, variables, split: str, cache: str | None = N
   return feats, labels
 
 
-def batch_indices(config, num_train: int, seed: int, total_steps: int):
-  """(total_steps, batch) rows of the training split in the order `data.pipeline.train_iterator` reads them:
-  the same grain seed and shuffle over the split's indices, reshuffled each epoch, batches crossing epochs."""
-  import grain
-  import numpy as np
-  from vit_adapt.data import pipeline
-  b = int(config.train.batch_size)
-  ds = grain.MapDataset.range(num_train)[0::1].seed(pipeline._host_seed(seed, 0)).shuffle().repeat(None)
-  flat = np.fromiter((ds[k] for k in range(total_steps * b)), np.int32, total_steps * b)
-  return flat.reshape(total_steps, b)
-
-
 # ------------------------------------------------------------------------------------------------ training
 def _stack(trees):
-  import jax
-  import numpy as np
   return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def _unstack(tree, n: int):
-  import jax
   return [jax.tree.map(lambda x, i=i: x[i], tree) for i in range(n)]
 
 
@@ -229,15 +222,11 @@ def _subgroup_key(config) -> str:
 class _Subgroup:
   """Runs with identical training settings (seeds differ): one vmapped train step over stacked states."""
 
-  def __init__(self, idx, configs, heads, head_model, method, num_train: int):
-    import jax
-    from vit_adapt.train import optim
-    from vit_adapt.train import loop as train
-    from vit_adapt.train import step as train_state
+  def __init__(self, idx, configs, heads, head_model, method, task, num_train: int):
     self.idx = idx
     c = configs[idx[0]]
     self.config = c
-    _, self.total_steps, warmup = train.schedule_lengths(c, num_train)
+    _, self.total_steps, warmup = optim.schedule_lengths(c, num_train)
     self.batch_size = int(c.train.batch_size)
     trainables = []
     for i in idx:
@@ -247,28 +236,25 @@ class _Subgroup:
     self.tx, self.schedule = optim.make_optimizer(c.optim, trainables[0], self.total_steps, warmup)
     states = [train_state.create(t, {}, self.tx, configs[i].seed) for t, i in zip(trainables, idx)]
     self.state = jax.device_put(_stack(states))
-    step = train_state.make_train_step(head_model, method, c, self.tx, self.schedule)
+    step = train_state.make_train_step(head_model, method, c, self.tx, self.schedule, task)
     self.vstep = jax.vmap(step, in_axes=(0, None, 0))
-    self.order = _stack([batch_indices(c, num_train, configs[i].seed, self.total_steps) for i in idx])
+    self.order = _stack([pipeline.example_order(num_train, self.batch_size, configs[i].seed, self.total_steps)
+                         for i in idx])
     self.smoothing = float(c.dataset.label_smoothing)
-    self.num_classes = head_model.num_classes
 
 
 def _make_bundle_step(subgroups):
-  """One jitted call per step for all subgroups of equal length: gathers each run's feature rows on device."""
-  import jax
-  import jax.numpy as jnp
+  """One jitted call per step for all subgroups of equal length: gathers each run's feature rows on device.
 
-  def bundle_step(states, feats, labels, rows):
+  `soft_labels` maps a label smoothing to the smoothed one-hot rows of the training split, exactly what the
+  pipeline's batches carry (`transforms.smooth_one_hot`)."""
+
+  def bundle_step(states, feats, labels, soft_labels, rows):
     out_states, out_metrics = [], []
     for sg, state, r in zip(subgroups, states, rows):
-      lab = labels[r]  # (R, b)
-      batch = {"image": feats[r], "label": lab}
+      batch = {"image": feats[r], "label": labels[r]}  # (R, b, ...)
       if sg.smoothing > 0:
-        # transforms.smooth_one_hot, as the pipeline emits it when label smoothing is on.
-        off = sg.smoothing / sg.num_classes
-        onehot = jax.nn.one_hot(lab, sg.num_classes, dtype=jnp.float32)
-        batch["soft_label"] = jnp.where(onehot > 0, jnp.float32(1.0 - sg.smoothing + off), jnp.float32(off))
+        batch["soft_label"] = soft_labels[sg.smoothing][r]
       s, m = sg.vstep(state, sg.frozen, batch)
       out_states.append(s)
       out_metrics.append(m)
@@ -277,12 +263,9 @@ def _make_bundle_step(subgroups):
   return jax.jit(bundle_step, donate_argnums=0)
 
 
-def _evaluate(head_model, method, params_stacked, feats, labels, batch_size: int) -> list[dict]:
-  """The trainer's masked eval sums (vit_adapt.evaluate) per run, over padded batches of eval features."""
-  import jax
-  import numpy as np
-  from vit_adapt.train import evaluate
-  step = jax.jit(jax.vmap(evaluate.make_eval_step(head_model, method), in_axes=(0, None)))
+def _evaluate(head_model, method, task, params_stacked, feats, labels, batch_size: int) -> list[dict]:
+  """The trainer's masked evaluation (`train.evaluate`) per run, over padded batches of eval features."""
+  step = jax.jit(jax.vmap(evaluate.make_eval_step(head_model, method, task), in_axes=(0, None)))
   n = len(labels)
   totals: dict[str, np.ndarray] = {}
   for start in range(0, n, batch_size):
@@ -294,29 +277,16 @@ def _evaluate(head_model, method, params_stacked, feats, labels, batch_size: int
     sums = jax.device_get(step({"params": params_stacked}, {"image": f, "label": lab, "mask": mask}))
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
-  out = []
-  for i in range(len(totals["count"])):
-    count = float(totals["count"][i])
-    out.append({"top1": float(totals["correct"][i]) / count, "loss": float(totals["loss"][i]) / count,
-                "num_examples": int(count)})
-  return out
+  runs = len(totals["count"])
+  return [evaluate.summarize(task, {k: float(v[i]) for k, v in totals.items()}) for i in range(runs)]
 
 
 def train_group(specs: list[dict], gdir: str) -> list[dict]:
   """Trains the group's runs that have no results.json yet; returns their results."""
-  import jax
-  import numpy as np
-  from vit_adapt import config_lib, methods
-  from vit_adapt.efficiency import report as efficiency
-  from vit_adapt.train import writers as reporting
-  from vit_adapt.train import checkpoints as train_checkpoints
-  from vit_adapt.data import pipeline
-  from vit_adapt.models import params as params_lib
-
   t_start = time.time()
   if jax.process_count() > 1:
     raise UserError("shared-feature training runs in one process; run multi-host jobs with --share_features=off.")
-  todo = [s for s in specs if not os.path.isfile(os.path.join(s["workdir"], "results.json"))]
+  todo = [s for s in specs if not os.path.isfile(results_lib.path(s["workdir"]))]
   if not todo:
     logging.info("every run of the group has results.json; nothing to do")
     return []
@@ -332,6 +302,7 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
 
   # ------------------------------------------------------------------------------------------- backbone
   model, method = methods.build_model(c0)
+  task = tasks.for_config(c0)
   heads, variables0 = {}, None
   for c in configs:  # the head each seed starts from, exactly as the trainer initialises it
     if c.seed not in heads:
@@ -353,12 +324,14 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
   dtype = model.dtype
   feats_dev = jax.device_put(train_f.astype(np.float32)).astype(dtype)
   labels_dev = jax.device_put(train_y)
+  smoothings = {float(c.dataset.label_smoothing) for c in configs} - {0.0}
+  soft_dev = {s: jax.device_put(transforms.smooth_one_hot(train_y, head_model.num_classes, s)) for s in smoothings}
 
   # ------------------------------------------------------------------------------------------- train
   by_key: dict[str, list[int]] = {}
   for i, c in enumerate(configs):
     by_key.setdefault(_subgroup_key(c), []).append(i)
-  subgroups = [_Subgroup(idx, configs, heads, head_model, method, num_train) for idx in by_key.values()]
+  subgroups = [_Subgroup(idx, configs, heads, head_model, method, task, num_train) for idx in by_key.values()]
   bundles: dict[tuple, list] = {}
   for sg in subgroups:
     bundles.setdefault((sg.total_steps, sg.batch_size), []).append(sg)
@@ -373,7 +346,7 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
     states = tuple(sg.state for sg in sgs)
     for t in range(total_steps):
       rows = tuple(jax.device_put(sg.order[:, t]) for sg in sgs)
-      states, metrics = step_fn(states, feats_dev, labels_dev, rows)
+      states, metrics = step_fn(states, feats_dev, labels_dev, soft_dev, rows)
       for sg, m in zip(sgs, metrics):
         for j, i in enumerate(sg.idx):
           losses[i].append(m["loss"][j])
@@ -385,10 +358,10 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
       sg.state = st
 
   # ------------------------------------------------------------------------------------------- eval + report
-  results = []
+  finished = []
   eff_cache: dict[int, dict] = {}
   for sg in subgroups:
-    evals = _evaluate(head_model, method, {"head": sg.state.params["head"]}, eval_f.astype(np.float32),
+    evals = _evaluate(head_model, method, task, {"head": sg.state.params["head"]}, eval_f.astype(np.float32),
                       eval_y, int(sg.config.eval.batch_size))
     finals = _unstack(jax.device_get(sg.state), len(sg.idx))
     for j, i in enumerate(sg.idx):
@@ -398,30 +371,28 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
       batch_key = int(c.train.batch_size)
       if batch_key not in eff_cache:
         local = jax.device_put({"params": params}, jax.local_devices()[0])
-        eff_cache[batch_key] = efficiency.report(c, model, method, local, eval_stats={},
+        memory = train_state.train_step_memory(c, model, method, local, task)
+        eff_cache[batch_key] = efficiency.report(c, model, local, trainable=state.params, eval_stats={},
+                                                 train_memory_bytes=memory,
                                                  measure_throughput=c.efficiency.enabled)
       last = [float(x) for x in jax.device_get(list(losses[i]))]
       ckpts = train_checkpoints.TrainCheckpoints(os.path.join(spec["workdir"], "checkpoints"),
                                                  keep=c.train.keep_checkpoints)
       # A final checkpoint in the trainer's format: `vit_adapt.main` on this directory finds the run complete.
-      ckpts.save(jax.device_put(state), pipeline.train_iterator(c, seed=c.seed))
+      ckpts.save(jax.device_put(state), task.train_iterator(c, seed=c.seed))
       ckpts.wait_until_finished()
       ckpts.close()
-      results.append({
-          "task": c.dataset.name, "method": method.name, "top1": evals[j]["top1"],
-          "eval_split": c.dataset.eval_split, "eval_loss": evals[j]["loss"],
-          "num_eval_examples": evals[j]["num_examples"], "train_split": c.dataset.split,
-          "num_train_examples": num_train, "steps": sg.total_steps, "seed": c.seed,
-          "selection": "final model (no selection on the evaluation split)",
-          "final_train_loss": float(np.mean(last)) if last else None,
-          **eff_cache[batch_key], "num_devices": 1,
-          "shared_features": {"group": gdir, "runs": len(configs), "feature_time_s": feature_time},
-          "_workdir": spec["workdir"]})
+      finished.append((c, spec["workdir"], evals[j], sg.total_steps, float(np.mean(last)) if last else None,
+                       eff_cache[batch_key]))
   wall = time.time() - t_start
-  for r in results:
-    workdir = r.pop("_workdir")
-    r["wall_time_s"] = wall / len(results)  # the group's time, shared equally
-    r["shared_features"]["group_wall_time_s"] = wall
-    reporting.write_json(os.path.join(workdir, "results.json"), r)
-    print(json.dumps({k: r.get(k) for k in ("task", "method", "seed", "top1", "steps")}), flush=True)
+  results = []
+  for c, workdir, evaluation, steps, final_loss, eff in finished:
+    r = results_lib.build(
+        c, method, task, evaluation=evaluation, num_train=num_train, steps=steps, final_train_loss=final_loss,
+        efficiency=eff, num_devices=1, wall_time_s=wall / len(finished),  # the group's time, shared equally
+        shared_features={"group": gdir, "runs": len(configs), "feature_time_s": feature_time,
+                         "group_wall_time_s": wall})
+    reporting.write_json(results_lib.path(workdir), r)
+    print(json.dumps({k: r.get(k) for k in ("task", "method", "seed", task.primary_metric, "steps")}), flush=True)
+    results.append(r)
   return results

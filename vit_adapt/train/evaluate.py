@@ -1,4 +1,4 @@
-"""Evaluation over padded, masked batches: top-1, loss and the method's per-example statistics.
+"""Evaluation over padded, masked batches: the task's metrics and the method's per-example statistics.
 
 The pipeline pads the last batch to the static batch shape and marks real examples with `mask`; every sum here
 is masked, so padding never counts. Sums are accumulated on the host in float64 and divided once at the end.
@@ -11,22 +11,18 @@ from typing import Callable, Iterable
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from vit_adapt.train import mesh as mesh_lib
 
 
-def make_eval_step(model, method) -> Callable:
+def make_eval_step(model, method, task) -> Callable:
   """-> eval_step(variables, batch) -> dict of masked sums (pure, to be jitted by the caller)."""
 
   def eval_step(variables, batch):
-    logits, out = model.apply(variables, batch["image"], train=False)
-    mask = batch["mask"].astype(jnp.float32)
-    label = batch["label"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), label)
-    sums = {"correct": jnp.sum((jnp.argmax(logits, -1) == label) * mask), "loss": jnp.sum(ce * mask),
-            "count": jnp.sum(mask)}
+    logits, out = model.apply(variables, task.model_input(batch), train=False)
+    sums = dict(task.eval_sums(logits, batch))
     if method.eval_stats is not None:
+      mask = batch["mask"].astype(jnp.float32)
       for name, value in method.eval_stats(logits, out).items():
         sums[f"stat/{name}"] = jnp.sum(jnp.asarray(value, jnp.float32) * mask)
     return sums
@@ -34,13 +30,22 @@ def make_eval_step(model, method) -> Callable:
   return eval_step
 
 
+def summarize(task, totals: dict) -> dict:
+  """Host totals -> the task's metrics + {'stats': the method's statistics averaged over the examples}."""
+  count = totals.get("count", 0.0)
+  stats = {k.split("/", 1)[1]: v / count for k, v in totals.items() if k.startswith("stat/")} if count else {}
+  return {**task.summarize({k: v for k, v in totals.items() if not k.startswith("stat/")}), "stats": stats}
+
+
 class Evaluator:
   """Compiles the eval step once for the mesh and runs it over an iterable of host-local batches."""
 
-  def __init__(self, model, method, mesh):
+  def __init__(self, model, method, task, mesh):
+    self._task = task
     self._data = mesh_lib.batch_sharded(mesh)
     repl = mesh_lib.replicated(mesh)
-    self._step = jax.jit(make_eval_step(model, method), in_shardings=(repl, self._data), out_shardings=repl)
+    self._step = jax.jit(make_eval_step(model, method, task), in_shardings=(repl, self._data),
+                         out_shardings=repl)
 
   def __call__(self, variables, batches: Iterable[dict]) -> dict:
     totals: dict[str, float] = {}
@@ -48,9 +53,4 @@ class Evaluator:
       sums = self._step(variables, mesh_lib.global_batch(batch, self._data))
       for k, v in jax.device_get(sums).items():
         totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
-    count = totals.pop("count", 0.0)
-    if count == 0:
-      return {"top1": float("nan"), "loss": float("nan"), "num_examples": 0, "stats": {}}
-    return {"top1": totals.pop("correct") / count, "loss": totals.pop("loss") / count,
-            "num_examples": int(count),
-            "stats": {k.split("/", 1)[1]: v / count for k, v in totals.items()}}
+    return summarize(self._task, totals)

@@ -1,6 +1,7 @@
 """The training loop: `train_and_evaluate(config, workdir)` trains one method on one task, evaluates the final
 model and writes `workdir/results.json` (accuracy + efficiency). The same loop serves every method; methods plug
-in through `vit_adapt.methods.base.Method` (model class, trainable regexes, loss, RNG streams, eval stats).
+in through `vit_adapt.methods.base.Method` (model class, trainable regexes, loss, RNG streams, eval stats), tasks
+through `vit_adapt.tasks.base.Task` (data, model input, targets and loss, metrics).
 
 Sections: mesh, data, model, optimizer, restore, step, eval, checkpoint, report. Re-running the same command on
 the same workdir resumes from the latest checkpoint and ends with bitwise the same result (on CPU).
@@ -8,7 +9,6 @@ the same workdir resumes from the latest checkpoint and ends with bitwise the sa
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
@@ -17,36 +17,20 @@ import numpy as np
 from absl import logging
 from clu import parameter_overview, periodic_actions
 
-from vit_adapt import config_lib, methods
+from vit_adapt import config_lib, methods, tasks
+from vit_adapt.efficiency import measure
 from vit_adapt.efficiency import report as efficiency
-from vit_adapt.train import evaluate
-from vit_adapt.train import optim
-from vit_adapt.train import writers as reporting
-from vit_adapt.train import mesh as mesh_lib
-from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import step as train_state
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
+from vit_adapt.train import checkpoints as train_checkpoints
+from vit_adapt.train import evaluate, optim
+from vit_adapt.train import mesh as mesh_lib
+from vit_adapt.train import results as results_lib
+from vit_adapt.train import step as train_state
+from vit_adapt.train import writers as reporting
 
 
-def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
-  """-> (steps_per_epoch, total_steps, warmup_steps) from the train split size and `config.train`."""
-  b = config.train.batch_size
-  if num_train < b:
-    raise UserError(f"the training split {config.dataset.split!r} of {config.dataset.name!r} has {num_train} "
-                    f"examples, fewer than config.train.batch_size={b}.")
-  # The papers' loaders keep the last partial batch (1000 images / 64 = 16 steps per epoch): with
-  # `keep_last_partial` the schedule counts it. Our stream is continuous (batches cross epoch boundaries and stay
-  # full), so the run makes the papers' number of optimizer steps with static shapes.
-  steps_per_epoch = math.ceil(num_train / b) if config.train.keep_last_partial else num_train // b
-  total = config.train.steps or int(round(config.train.epochs * steps_per_epoch))
-  warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
-  if total <= 0:
-    raise UserError("config.train.steps and config.train.epochs give no training step: set one of them > 0.")
-  return steps_per_epoch, total, warmup
-
-
-def preflight(config, pipeline) -> int:
+def preflight(config, task) -> int:
   """Checks the inputs a run needs before any compute; -> the number of training examples.
 
   Missing backbone weights and an unprepared dataset are reported together, in one message that says what is
@@ -61,8 +45,8 @@ def preflight(config, pipeline) -> int:
         "--config.model.init=/path/to/ViT-B_16.npz.")
   num_train = None
   try:
-    num_train = pipeline.num_examples(config, config.dataset.split)
-    pipeline.num_examples(config, config.dataset.eval_split)
+    num_train = task.num_examples(config, config.dataset.split)
+    task.num_examples(config, config.dataset.eval_split)
   except UserError as e:
     problems.append(f"the dataset is not available: {e}. Then point the run at it with "
                     "--config.dataset.data_dir=<data_dir> (tfds), or use the image-folder release with "
@@ -77,8 +61,6 @@ def preflight(config, pipeline) -> int:
 
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains, evaluates the final model on `config.dataset.eval_split`, writes and returns results.json."""
-  from vit_adapt.data import pipeline  # the data helper's module; imported late so configs load without it
-
   wall_start = time.time()
   config_lib.validate(config)
   mesh_lib.maybe_initialize_distributed()
@@ -97,9 +79,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                jax.process_count())
 
   # ---------------------------------------------------------------------------------------------- data
-  num_train = preflight(config, pipeline)
-  steps_per_epoch, total_steps, warmup_steps = schedule_lengths(config, num_train)
-  train_iter = pipeline.train_iterator(config, seed=config.seed)
+  task = tasks.for_config(config)
+  num_train = preflight(config, task)
+  steps_per_epoch, total_steps, warmup_steps = optim.schedule_lengths(config, num_train)
+  train_iter = task.train_iterator(config, seed=config.seed)
   logging.info("Data: %s split %r, %d examples, %d steps/epoch, %d steps (%d warmup)", config.dataset.name,
                config.dataset.split, num_train, steps_per_epoch, total_steps, warmup_steps)
 
@@ -134,22 +117,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
   # Gradients of the trainable tree only; the frozen tree is an ordinary (non-donated) argument. The state is
   # donated: XLA updates parameters and optimizer moments in place.
   step_fn = jax.jit(
-      train_state.make_train_step(model, method, config, tx, schedule),
+      train_state.make_train_step(model, method, config, tx, schedule, task),
       in_shardings=(repl, repl, data_sharding), out_shardings=(repl, repl), donate_argnums=0)
   compiled_steps: dict = {}  # batch shapes -> compiled step (ahead of time: gives the step's memory analysis)
   train_memory_bytes = None
 
   # ---------------------------------------------------------------------------------------------- eval
-  evaluator = evaluate.Evaluator(model, method, mesh)
+  evaluator = evaluate.Evaluator(model, method, task, mesh)
 
   def run_eval(step: int) -> dict:
     variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
-    result = evaluator(variables, pipeline.eval_batches(config, config.dataset.eval_split))
-    scalars = {"top1": result["top1"], "loss": result["loss"],
-               **{f"stats/{k}": v for k, v in result["stats"].items()}}
+    result = evaluator(variables, task.eval_batches(config, config.dataset.eval_split))
+    scalars = {k: v for k, v in result.items() if k not in ("stats", "num_examples")}
+    scalars.update({f"stats/{k}": v for k, v in result["stats"].items()})
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
-    logging.info("Eval at step %d on %r: top1 %.4f over %d examples", step, config.dataset.eval_split,
-                 result["top1"], result["num_examples"])
+    logging.info("Eval at step %d on %r: %s %.4f over %d examples", step, config.dataset.eval_split,
+                 task.primary_metric, result[task.primary_metric], result["num_examples"])
     return result
 
   # ---------------------------------------------------------------------------------------------- loop
@@ -184,7 +167,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if shapes not in compiled_steps:
         compiled_steps[shapes] = step_fn.lower(state, frozen, batch).compile()
         if train_memory_bytes is None:
-          train_memory_bytes = efficiency.memory_of(compiled_steps[shapes])
+          train_memory_bytes = measure.memory_stats(compiled_steps[shapes]).peak_bytes
       state, metrics = compiled_steps[shapes](state, frozen, batch)
     pending.append(metrics)
     progress(step)
@@ -207,29 +190,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
   # Measured on one device: what one accelerator does at the stated batch size.
   local = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
-  eff = efficiency.report(config, model, method, local, eval_stats=last_eval["stats"],
+  if train_memory_bytes is None:  # resumed after the last step: no step was compiled in this process
+    train_memory_bytes = train_state.train_step_memory(config, model, method, local, task)
+  eff = efficiency.report(config, model, local, trainable=state.params, eval_stats=last_eval["stats"],
                           train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
-  results = {
-      "task": config.dataset.name, "method": method.name, "top1": last_eval["top1"],
-      "eval_split": config.dataset.eval_split, "eval_loss": last_eval["loss"],
-      "num_eval_examples": last_eval["num_examples"], "train_split": config.dataset.split,
-      "num_train_examples": num_train, "steps": total_steps, "seed": config.seed,
-      "selection": "final model (no selection on the evaluation split)",
-      "final_train_loss": last_train.get("train/loss"),
-      **eff,
-      "num_devices": mesh.devices.size,
-      "wall_time_s": time.time() - wall_start,
-  }
-  stat_keys = []
-  for name, value in last_eval["stats"].items():
-    key = name if name not in results else f"eval_{name}"
-    results[key] = value
-    stat_keys.append(key)
-  results["method_stats"] = stat_keys
+  results = results_lib.build(config, method, task, evaluation=last_eval, num_train=num_train, steps=total_steps,
+                              final_train_loss=last_train.get("train/loss"), efficiency=eff,
+                              num_devices=mesh.devices.size, wall_time_s=time.time() - wall_start)
   # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
   methods.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
-  reporting.write_json(os.path.join(workdir, "results.json"), results)
-  writer.write_scalars(total_steps, {"final/top1": results["top1"]})
+  reporting.write_json(results_lib.path(workdir), results)
+  writer.write_scalars(total_steps, {f"final/{task.primary_metric}": results[task.primary_metric]})
   writer.flush()
   ckpts.close()
   logging.info("Results: %s", results)

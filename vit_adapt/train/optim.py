@@ -15,6 +15,7 @@ space/comma separated multipliers 'lr=<x>' and/or 'wd=<y>' of the learning rate 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Sequence
 
@@ -84,6 +85,23 @@ def split_trainable(params, method, optim_config: ml_collections.ConfigDict):
     raise UserError(f"method {method.name!r} with config.optim.policies={tuple(optim_config.policies)!r} leaves "
                     "no trainable parameter.")
   return trainable, frozen
+
+
+def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
+  """-> (steps_per_epoch, total_steps, warmup_steps) from the train split size and `config.train`."""
+  b = config.train.batch_size
+  if num_train < b:
+    raise UserError(f"the training split {config.dataset.split!r} of {config.dataset.name!r} has {num_train} "
+                    f"examples, fewer than config.train.batch_size={b}.")
+  # The papers' loaders keep the last partial batch (1000 images / 64 = 16 steps per epoch): with
+  # `keep_last_partial` the schedule counts it. Our stream is continuous (batches cross epoch boundaries and stay
+  # full), so the run makes the papers' number of optimizer steps with static shapes.
+  steps_per_epoch = math.ceil(num_train / b) if config.train.keep_last_partial else num_train // b
+  total = config.train.steps or int(round(config.train.epochs * steps_per_epoch))
+  warmup = int(round(config.train.warmup_epochs * steps_per_epoch))
+  if total <= 0:
+    raise UserError("config.train.steps and config.train.epochs give no training step: set one of them > 0.")
+  return steps_per_epoch, total, warmup
 
 
 def schedule(optim_config, total_steps: int, warmup_steps: int) -> optax.Schedule:

@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from vit_adapt import tasks
+from vit_adapt.efficiency import measure
+from vit_adapt.train import optim
 from vit_adapt.methods import base as methods_base
 
 from vit_adapt.models import params as params_lib
@@ -49,23 +52,21 @@ def create(trainable, model_state, tx: optax.GradientTransformation, seed: int) 
   return jax.jit(build)(trainable, model_state)  # one compiled program instead of one per optimizer leaf
 
 
-def soft_labels(batch: dict, num_classes: int) -> jax.Array:
-  """The batch's targets: the pipeline's `soft_label` (mixup, cutmix, label smoothing) or one-hot labels."""
-  if "soft_label" in batch:
-    return batch["soft_label"].astype(jnp.float32)
-  return jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
-
-
 def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule) -> Callable:
-  """-> train_step(state, frozen, batch) -> (new_state, metrics); pure, to be jitted by the caller."""
+                    schedule: optax.Schedule, task=None) -> Callable:
+  """-> train_step(state, frozen, batch) -> (new_state, metrics); pure, to be jitted by the caller.
+
+  `task` (default: the config's, `tasks.for_config`) gives the model input, the targets, the loss a method adds
+  its terms to, and the training metrics.
+  """
+  task = task or tasks.for_config(config)
   num_classes = config.dataset.num_classes
   streams = ("dropout",) + tuple(method.rng_streams)
 
   def train_step(state: TrainState, frozen, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
-    images = batch["features"] if "features" in batch else batch["image"]  # see Method.feature_cache
-    labels = soft_labels(batch, num_classes)
+    inputs = task.model_input(batch)
+    labels = task.targets(batch, num_classes)
     mutable = list(state.model_state)
     pass_counter = itertools.count()
 
@@ -78,16 +79,17 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
         rngs = {name: jax.random.fold_in(pass_rng, i) for i, name in enumerate(streams)}
         variables = {"params": params, **state.model_state}
         if mutable:
-          (logits, out), updates = model.apply(variables, images, train=True, rngs=rngs, mutable=mutable,
+          (logits, out), updates = model.apply(variables, inputs, train=True, rngs=rngs, mutable=mutable,
                                                **kwargs)
           return logits, out, updates
-        logits, out = model.apply(variables, images, train=True, rngs=rngs, **kwargs)
+        logits, out = model.apply(variables, inputs, train=True, rngs=rngs, **kwargs)
         return logits, out, {}
 
       logits, out, updates = run()
       forward = lambda **kw: run(**kw)[:2]
       loss, aux = method.loss(methods_base.LossInputs(
-          logits=logits, out=out, labels=labels, forward=forward, config=config.method, train=True))
+          logits=logits, out=out, labels=labels, forward=forward, config=config.method, train=True,
+          task_loss=lambda lg: task.loss(lg, labels)))
       return loss, (logits, aux, updates)
 
     (loss, (logits, aux, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -96,13 +98,28 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
     model_state = {**state.model_state, **updates}
 
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step),
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+               **task.train_metrics(logits, batch)}
     # A method's loss terms and diagnostics (e.g. DyT's activation rate), logged as batch means.
     metrics.update({k: jnp.mean(jnp.asarray(v, jnp.float32)) for k, v in aux.items()})
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
     return new_state, metrics
 
   return train_step
+
+
+def train_step_memory(config, model, method, variables, task=None) -> int:
+  """Peak bytes of the training step at `config.train.batch_size` on one device (compiled, never run)."""
+  task = task or tasks.for_config(config)
+  params = variables["params"]
+  model_state = {k: v for k, v in variables.items() if k != "params"}
+  trainable, frozen = optim.split_trainable(params, method, config.optim)
+  tx, sched = optim.make_optimizer(config.optim, trainable, total_steps=100, warmup_steps=10)
+  state = jax.eval_shape(lambda t, m: create(t, m, tx, config.seed), trainable, model_state)
+  step = make_train_step(model, method, config, tx, sched, task)
+  batch = task.batch_spec(config, config.train.batch_size)
+  frozen = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), frozen)
+  compiled = jax.jit(step, donate_argnums=0).lower(state, frozen, batch).compile()
+  return measure.memory_stats(compiled).peak_bytes
 
 
 @jax.jit

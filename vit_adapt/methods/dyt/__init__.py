@@ -266,14 +266,14 @@ class DyTVisionTransformer(vit.VisionTransformer):
 def loss(inp: base.LossInputs):
   """CE + rate loss (+ complete-model CE + KL(p_complete detached || p_dyn) in training, if enabled)."""
   c = inp.config
-  ce = base.cross_entropy(inp.logits, inp.labels)
+  ce = inp.task_loss(inp.logits)
   rate = jnp.mean(inp.out["dyt_masks"])  # ONE global mean: batch x layers x patch tokens
   rate_loss = (rate - c.target_rate) ** 2
   total = c.ce_weight * ce + c.rate_weight * rate_loss
   metrics = {"ce": ce, "rate_loss": rate_loss, "activation_rate": rate}
   if inp.train and c.complete_pass:
     full_logits, _ = inp.forward(complete=True)
-    ce_full = base.cross_entropy(full_logits, inp.labels)
+    ce_full = inp.task_loss(full_logits)
     logp_full = jax.nn.log_softmax(jax.lax.stop_gradient(full_logits).astype(jnp.float32))
     logp_dyn = jax.nn.log_softmax(inp.logits.astype(jnp.float32))
     kl = jnp.mean(jnp.sum(jnp.exp(logp_full) * (logp_full - logp_dyn), axis=-1))

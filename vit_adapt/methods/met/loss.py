@@ -68,7 +68,7 @@ def met_loss(inp: base.LossInputs):
   weights = tuple(c.exit_loss_weights) or (1.0,) * k_exits
   metrics, total = {}, 0.0
   for k in range(k_exits):
-    ce = base.cross_entropy(exit_logits[k], inp.labels)
+    ce = inp.task_loss(exit_logits[k])
     metrics[f"ce_exit_{k}"] = ce
     total = total + weights[k] * ce
   metrics["ce"] = metrics[f"ce_exit_{k_exits - 1}"]

@@ -235,10 +235,9 @@ def feature_cache(config, workdir: str, model, variables, *, trainable):
   stats = cache.build(batches, lambda x: compute(variables, x))
   print(f"SynQT feature cache: {stats['computed']} examples computed, {stats['reused']} reused", flush=True)
 
-  # The same grain operations and per-host seed as pipeline.train_iterator (the same example order).
-  host_seed = pipeline._host_seed(config.seed, pi)  # noqa: SLF001  (shared on purpose: identical order)
-  ds = grain.MapDataset.source(cache.source()).seed(host_seed).shuffle().repeat(None)
-  it = ds.to_iter_dataset(pipeline._read_options(config, b // pc)).batch(b // pc, drop_remainder=True)  # noqa
+  # The image pipeline's training order over this host's examples, and its batching.
+  ds = pipeline.training_order(grain.MapDataset.source(cache.source()), config.seed, pi)
+  it = pipeline.batched(ds, config, b // pc)
   if config.dataset.label_smoothing > 0:
     c, s = int(config.dataset.num_classes), float(config.dataset.label_smoothing)
     it = it.map(lambda batch: {**batch, "soft_label": transforms.smooth_one_hot(batch["label"], c, s)})

@@ -1,0 +1,68 @@
+"""The task interface: what a kind of learning problem decides, next to what a method decides.
+
+A method (`vit_adapt.methods`) says how a ViT is adapted: its model, trainable parameters, extra loss terms,
+statistics, budget knob. A task says what is learned and how it is measured, whatever the method:
+
+  data        the grain pipelines of its datasets: `train_iterator`, `eval_batches`, `num_examples`
+  inputs      `model_input(batch)` (what the model is applied to), `example_input(config, n)` (the input of n
+              examples, which the efficiency report compiles) and `batch_spec(config, n)` (a training batch's
+              arrays, for the compiled training step's memory)
+  loss        `targets(batch, num_classes)` and `loss(logits, targets)`: the task loss that a method's loss adds
+              its own terms to (it reaches methods as `LossInputs.task_loss`)
+  metrics     `train_metrics(logits, batch)`, and for evaluation `eval_sums(logits, batch)` (masked sums of one
+              padded batch, with 'count') and `summarize(totals)` -> {'loss', <primary metric>, ...}
+
+The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
+a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+from vit_adapt.errors import UserError
+
+Config = ml_collections.ConfigDict
+Batch = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  name: str
+  train_iterator: Callable[..., Any]      # (config, *, seed) -> checkpointable iterator of host-local batches
+  eval_batches: Callable[..., Any]        # (config, split=None, *, batch_size=None) -> padded, masked batches
+  num_examples: Callable[..., int]        # (config, split=None) -> examples in the split over all hosts
+  model_input: Callable[[Batch], Any]
+  example_input: Callable[[Config, int], jax.ShapeDtypeStruct]
+  batch_spec: Callable[[Config, int], dict[str, jax.ShapeDtypeStruct]]
+  targets: Callable[[Batch, int], jax.Array]
+  loss: Callable[[jax.Array, jax.Array], jax.Array]
+  train_metrics: Callable[[jax.Array, Batch], dict[str, jax.Array]]
+  eval_sums: Callable[[jax.Array, Batch], dict[str, jax.Array]]
+  summarize: Callable[[dict[str, float]], dict[str, Any]]
+  primary_metric: str = "top1"
+  doc: str = ""
+
+
+_REGISTRY: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+  if task.name in _REGISTRY:
+    raise ValueError(f"task {task.name!r} registered twice")
+  _REGISTRY[task.name] = task
+  return task
+
+
+def lookup(name: str) -> Task:
+  if name not in _REGISTRY:
+    raise UserError(f"{name!r} is not a learning task vit_adapt has. Known tasks: {', '.join(sorted(_REGISTRY))}.")
+  return _REGISTRY[name]
+
+
+def registered() -> list[str]:
+  return sorted(_REGISTRY)
