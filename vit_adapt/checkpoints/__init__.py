@@ -6,8 +6,8 @@
   posemb.py      position-embedding resampling
   merge.py       merge into an initialised tree, one error listing every mismatch
   load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`)
-  sources.py     the `convert --source=NAME` registry (`official_<method>.py` modules register themselves)
-  export.py      the vit_adapt model directory (`save_model_dir`, `load_model_dir`)
+  sources.py     the `convert --source=NAME` registry (`vit_adapt/methods/<method>/official.py` register themselves)
+  model_dir.py   the vit_adapt model directory (`save_model_dir`, `load_model_dir`)
 """
 
 from vit_adapt.checkpoints.load import load_backbone  # noqa: F401
