@@ -18,18 +18,21 @@ For thresholds from data the model has not trained on, train on train800 first
 (`--config.dataset.split=train800 --config.dataset.eval_split=val200`), calibrate on val200, and copy
 `config.method.thresholds` into the train800val200 run (met_calibrate records which split it used).
 
-Demo (embedded digits, random-init frozen Ti/4 backbone at 32 px with 4 blocks, exits after blocks 1-4, CPU):
+Demo (embedded digits, random-init frozen Ti/4 backbone with 4 blocks at 16 px, 20 epochs = 440 steps of batch 64,
+see vit_adapt/config_lib.py: apply_demo; exits after blocks 1-4, see get_config; CPU):
 
   python -m vit_adapt.main --config=configs/met_vtab.py:demo --workdir=/tmp/met_demo
 
-ends printing {"task": "demo/digits", "method": "met", "top1": 0.775, "trainable_params": 22604,
-"gmacs_per_image": 0.1229..., ...} (the last exit; 660 steps, 25 min on 2 CPU cores shared with ~7 other jobs,
-a few minutes on an idle machine); then
+ends printing {"task": "demo/digits", "method": "met", "top1": ..., "trainable_params": ..., "gmacs_per_image":
+..., "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ..., "exit": ..., "gmacs": ...}
+(the last exit: no thresholds are calibrated yet; `exit`, the mean zero-based exit index, and `gmacs` are the
+method's evaluation statistics); `python experiments/demo_table.py --methods=met` measured top-1 73.9%, 22,604
+trainable parameters, 0.0309 GMACs per image. Then
 
   python -m vit_adapt.met_calibrate --checkpoint=/tmp/met_demo --budget=0.6
   python -m vit_adapt.curve --checkpoint=/tmp/met_demo --output=/tmp/met_demo/curve
 
-(see docs/met.md for the tables and the plot they print).
+(docs/met.md shows the tables and the plot they printed for an earlier, larger demo setting).
 """
 
 from vit_adapt import config_lib

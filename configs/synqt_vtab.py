@@ -15,25 +15,28 @@ feat/attn/ffn scales, e.g. vtab/dtd: T=1, 0.1/0.1/0.1; vtab/eurosat: T=16, 0.1/1
   python -m vit_adapt.main --config=configs/synqt_vtab.py:task=vtab/dtd \
       --config.model.init=weights/ViT-B_16.npz --workdir=runs/synqt/dtd
 
-logs the parameter table (trainable 2,640,540 for dtd: 2,604,397 + 769 x 47 classes), progress lines, and ends
-with one JSON line {"task": "vtab/dtd", "method": "synqt", "top1": ..., "gmacs_per_image": ~16.4, ...}
-(SynQT's inference skips block 11's image MLP and the final norm; the query path adds little). Full numbers in
-WORKDIR/results.json.
+logs the parameter table, progress lines, and ends with one JSON line {"task": "vtab/dtd", "method": "synqt",
+"top1": ..., "trainable_params": ..., "gmacs_per_image": ..., "throughput_images_per_s": ...,
+"peak_train_memory_bytes": ..., "wall_time_s": ...} (SynQT's inference skips block 11's image MLP and the final
+norm; the query path adds little). Full numbers in WORKDIR/results.json.
 
 Cached features (`cache`, or --config.method.cache_features=kv|hidden): the frozen per-layer keys/values of the
-1,000 training images are computed once (7.3 GB in bfloat16 at ViT-B/16; 'hidden' halves it) into
-WORKDIR/synqt_cache and every epoch runs only the query path (docs/synqt.md has the measured speed-up). The
-image path's stochastic depth is then off (the cache holds one deterministic forward).
+training images are computed once into WORKDIR/synqt_cache (the run prints the cache size before computing
+anything; 'hidden' halves it) and every epoch runs only the query path (`python experiments/bench_synqt_cache.py`
+measures the speed-up: docs/synqt.md). The image path's stochastic depth is then off (the cache holds one
+deterministic forward).
 
-Demo (embedded digits, random-init Ti/4 backbone with 4 blocks at 32 px, T=4, cached keys/values, CPU):
+Demo (embedded digits, random-init frozen Ti/4 backbone with 4 blocks at 16 px, 20 epochs = 440 steps of batch
+64, see vit_adapt/config_lib.py: apply_demo; T=4, cached keys/values, see get_config; CPU):
 
   python -m vit_adapt.main --config=configs/synqt_vtab.py:demo --workdir=/tmp/synqt_demo
 
-prints the cache size and build line ("SynQT feature cache (kv, bfloat16): 1437 examples x ... MiB = ... GiB",
-"... examples computed, 0 reused"), then training progress, and ends with one JSON line
-{"task": "demo/digits", "method": "synqt", "top1": 0.766..., "trainable_params": 234639,
-"gmacs_per_image": 0.1038..., ...} (measured: 614 s on a loaded 2-core CPU; the backbone is random, see
-docs/synqt.md).
+prints the cache size and build lines ("SynQT feature cache (kv, bfloat16): 1437 examples x ... MiB = ... GiB",
+"SynQT feature cache: 1437 examples computed, 0 reused"), then training progress, and ends with one JSON line
+{"task": "demo/digits", "method": "synqt", "top1": ..., "trainable_params": ..., "gmacs_per_image": ...,
+"throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ...}; `python
+experiments/demo_table.py --methods=synqt` measured top-1 69.4%, 234,639 trainable parameters, 0.0314 GMACs per
+image (the backbone is random: docs/synqt.md).
 """
 
 from vit_adapt import config_lib

@@ -7,7 +7,7 @@ Both sides train the same runs (the product of --lrs and --seeds) on the embedde
 1437 training and 360 test images, no download) with a fixed random backbone saved once (a stand-in for a
 pre-trained checkpoint: the cost does not depend on the weights):
 
-  separate   `vit_adapt.train.train_and_evaluate` once per run, one after the other (what a sweep does when
+  separate   `vit_adapt.train.loop.train_and_evaluate` once per run, one after the other (what a sweep does when
              every run is its own job, minus process start-up)
   shared     `vit_adapt.shared_features.train_group` on all runs: features once, heads trained together
 

@@ -2,8 +2,9 @@
 
 One epoch = steps_per_epoch training steps (batch from the iterator + compiled step), timed after a warm-up
 step, for: the image pipeline (frozen image path computed every step) and the cache in 'kv' and 'hidden' layouts
-(built once before timing; the build time is reported separately). Default: the demo setting (embedded digits,
-random-init Ti/4 backbone with 4 blocks at 32 px, T=4, batch 64).
+(built once before timing; the build time is reported separately). Default: embedded digits, random-init Ti/4
+backbone with 4 blocks at 32 px, T=4, batch 64 (the demo model; the `:demo` config itself now runs at 16 px, see
+vit_adapt/config_lib.py: apply_demo, so pass --image_size=16 for its exact setting).
 
   python experiments/bench_synqt_cache.py
   python experiments/bench_synqt_cache.py --variant=Ti/16 --image_size=224 --depth=12 --epochs=1

@@ -11,8 +11,8 @@ router (`mlp_token_select`); it implements MLP dispatch only. Backbone names go 
 (kernel = weight.T). Inferred config fields: `method.bottleneck` (the adapter width), `method.num_experts` = 1
 and `method.dispatch` = 'mlp'. The adapter scale is not stored in the checkpoint (1.0 for VTAB-1k, 0.1 for the
 complete datasets): it comes from the config (`config.method.scale`). Training checkpoints of the official script
-({'model': ..., 'optimizer': ..., 'args': Namespace}) hold a pickled Namespace that `torch.load(weights_only=True)`
-refuses; re-save the weights once with `torch.save(ckpt['model'], 'dyt.pth')` (or as .safetensors).
+({'model': ..., 'optimizer': ..., 'args': Namespace}) convert as they are: `checkpoints.readers.read_torch`
+allow-lists that argparse.Namespace for `torch.load(weights_only=True)` and keeps only the weights.
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ W_down, W_up (`encoderblock_l/eadapter/{down,up}`) are ONE parameter each per bl
 (r x r, identity at init) and s_k (scalar, `scale` at init) are `exit_k/{M,s}` and belong to the exit that block l
 feeds (the first exit at or after l). s is the fixed `scale`; W_up starts at zero, so adapters start as no-ops.
 
-Loss (`met_loss.py`): sum_k w_k CE(logits_k, y) + graph_weight * sum_{k<K-1} G_k (label-graph regulariser on the
+Loss (`met/loss.py`): sum_k w_k CE(logits_k, y) + graph_weight * sum_{k<K-1} G_k (label-graph regulariser on the
 L2-normalised early-exit features). The model returns every exit's logits in `out['exit_logits']` (K, B, C).
 
 Inference (`train=False`): `inference='early_exit'` (default) with calibrated `thresholds` (one per early exit, from
 `python -m vit_adapt.met_calibrate`) stops each example at the first exit whose confidence reaches its threshold
-and really skips the remaining blocks for it (`met_exit.py`: the still-running examples are compacted to the front
+and really skips the remaining blocks for it (`met/exit.py`: the still-running examples are compacted to the front
 of the batch and continue with a capacity from a few precompiled buckets via `lax.switch`). 'dense_select' runs
 every exit and picks the same exit (the reference semantics); 'last' (or no thresholds) always uses the last exit.
 `out['exit']` is the exit taken and `out['gmacs']` its cost, from the compiled per-stage costs.
@@ -228,7 +228,7 @@ def defaults():
       "activation": "gelu",
       "exit_loss_weights": (),       # CE weight per exit; () = all 1 (ours)
       "graph_weight": 0.1,           # lambda (ours; 0.01-1 sensible)
-      "graph_guard": "none",         # collapse guard: 'none' | 'contrast' | 'relational' (met_loss.py)
+      "graph_guard": "none",         # collapse guard: 'none' | 'contrast' | 'relational' (met/loss.py)
       "graph_mu": 0.5,               # weight of the 'contrast' guard
       "confidence": "max_softmax",   # 'max_softmax' | 'entropy' (confidence = -entropy)
       "thresholds": (),              # per early exit, written by vit_adapt.met_calibrate

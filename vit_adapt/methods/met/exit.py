@@ -6,7 +6,7 @@ stable sort by "still running"), and the next stage runs on the first `c` rows o
 few capacities (0, B/n, 2B/n, ..., B; n = `num_buckets`) that holds them: a `lax.switch` over one precompiled
 branch per capacity, so only the chosen branch executes. Rows between the count and `c` are computed and dropped.
 The result equals running the whole network and taking the first exit whose confidence reaches its threshold
-(`select_exit`), which tests/test_met_exit.py checks.
+(`select_exit`), which tests/test_met.py::test_early_exit_equals_full_network_oracle checks.
 
 Costs: `exit_costs` compiles the stem and each stage (blocks + exit head) alone at batch 1 and counts the
 multiply-adds XLA actually emits (`efficiency_lib.compiled_gmacs`); the cumulative sums are the cost of stopping

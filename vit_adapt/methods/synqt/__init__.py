@@ -15,7 +15,7 @@ The model is two separate computations (this is what keeps training memory small
   logits   = query_stream(features)   the only part that depends on trainable parameters.
 
 `__call__` accepts either images (B, H, W, 3) or a dict of precomputed features (`{'kv': (B, L, 2, N, D)}` or
-`{'hidden': (B, L, N, D)}`), which is how cached-feature training (`synqt_cache.py`) feeds the model.
+`{'hidden': (B, L, N, D)}`), which is how cached-feature training (`synqt/cache.py`) feeds the model.
 
 Numerics (spec traps): SynQT's own LayerNorms use eps 1e-5, the backbone's 1e-6; GELU is exact (erf);
 `ResidualAdapter(z) = z + Drop(fc2(Drop(GELU(fc1 z))))` has the residual INSIDE, so e.g. the head computes
@@ -337,7 +337,7 @@ def defaults():
       "dropout": 0.1,          # QSM / head adapter and weighting dropout
       "head_drop_path": 0.3,   # drop-path on the head's features 1..3L
       "image_drop_path": True,  # backbone stochastic depth on the image path (non-cached training only)
-      # Cached-feature training (synqt_cache.py): '' (off), 'kv' (per-layer keys/values: fastest steps) or
+      # Cached-feature training (synqt/cache.py): '' (off), 'kv' (per-layer keys/values: fastest steps) or
       # 'hidden' (per-layer hidden states: half the storage, K/V projections recomputed every step).
       "cache_features": "",
       "cache_dtype": "bfloat16",  # storage dtype of the cache: 'bfloat16' or 'float32'
