@@ -20,6 +20,7 @@ import pytest
 
 from vit_adapt.data import pipeline
 from vit_adapt.train import loop as train
+from vit_adapt.train import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "configs", "*.py")))
@@ -112,7 +113,7 @@ def test_demo_paragraph_matches_the_demo_config(name):
     assert variant == c.model.variant, f"configs/{name}: the demo variant is {c.model.variant}, not {variant}"
   for epochs in re.findall(r"(\d+) epochs", demo):
     assert int(epochs) == c.train.epochs, f"configs/{name}: the demo trains {c.train.epochs} epochs, not {epochs}"
-  _, total, _ = train.schedule_lengths(c, pipeline.num_examples(c, c.dataset.split))
+  _, total, _ = optim.schedule_lengths(c, pipeline.num_examples(c, c.dataset.split))
   for steps in re.findall(r"(\d+) steps", demo):
     assert int(steps) == total, f"configs/{name}: the demo trains {total} steps, not {steps}"
 

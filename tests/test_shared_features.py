@@ -60,7 +60,7 @@ def test_batch_order_matches_train_iterator():
   feats_labels = pipeline.eval_batches(config, config.dataset.split, process_index=0, process_count=1)
   labels = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"])] for b in feats_labels])
   n = pipeline.num_examples(config)
-  rows = shared_features.batch_indices(config, n, seed=3, total_steps=4)  # 2000 > 1437: crosses an epoch
+  rows = pipeline.example_order(n, config.train.batch_size, seed=3, steps=4)  # 2000 > 1437: crosses an epoch
   it = pipeline.train_iterator(config, seed=3)
   for t in range(4):
     np.testing.assert_array_equal(next(it)["label"], labels[rows[t]])
