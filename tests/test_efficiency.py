@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from vit_adapt import tasks
 from vit_adapt.train import optim
 from vit_adapt.train import step as train_step
 from vit_adapt import config_lib, methods
@@ -38,7 +39,8 @@ def test_report_fields_and_trainable_counts(tiny_config, fast_compile):
   variables = methods.init_variables(model, method, config)
   trainable, _ = optim.split_trainable(variables["params"], method, config.optim)
   memory = train_step.train_step_memory(config, model, method, variables)
-  r = efficiency.report(config, model, variables, trainable=trainable, train_memory_bytes=memory)
+  r = efficiency.report(config, model, variables, example_input=tasks.for_config(config).example_input,
+                        trainable=trainable, train_memory_bytes=memory)
   d, rank = 32, config.method.rank
   assert r["trainable_params"] == 2 * 2 * rank * 2 * d + (d * 10 + 10)
   assert r["total_params"] > r["trainable_params"]
@@ -46,7 +48,8 @@ def test_report_fields_and_trainable_counts(tiny_config, fast_compile):
   assert r["throughput_images_per_s"] > 0 and r["batch_size"] == 8
   assert r["peak_train_memory_bytes"] > 0 and r["dtype"] == "float32" and "cpu" in r["device"]
   # Per-example statistics of an input-dependent method replace the compiled count by their average.
-  r2 = efficiency.report(config, model, variables, trainable=trainable, eval_stats={"gmacs": 0.5},
+  r2 = efficiency.report(config, model, variables, example_input=tasks.for_config(config).example_input,
+                        trainable=trainable, eval_stats={"gmacs": 0.5},
                          measure_throughput=False, train_memory_bytes=1)
   assert r2["gmacs_per_image"] == 0.5 and r2["gmacs_source"] == "eval_average"
   assert r2["gmacs_compiled_program"] == r["gmacs_per_image"]

@@ -36,6 +36,8 @@ import ast
 
 import ml_collections
 
+from vit_adapt import methods
+from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
 _SWITCHES = ("demo",)
@@ -65,7 +67,6 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
 
   Accepted arguments: task, seed, demo, plus `extra_args` (name -> default) that the config file reads itself.
   """
-  from vit_adapt.data import datasets
 
   args = parse_arg(arg, {"task": "vtab/cifar100", "seed": 0, "demo": False, **extra_args})
   c = base_config(method, task=args["task"], seed=int(args["seed"]))
@@ -77,7 +78,6 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
 
 def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> ml_collections.ConfigDict:
   """Every field with its default (no task lookup): the schema `validate` checks configs against."""
-  from vit_adapt import methods
 
   c = ml_collections.ConfigDict()
   c.seed = seed

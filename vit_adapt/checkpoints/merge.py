@@ -22,6 +22,7 @@ from flax import traverse_util
 
 from vit_adapt.checkpoints import posemb as posemb_lib
 from vit_adapt.errors import UserError
+from vit_adapt.models import vit
 
 POSEMB = "Transformer/posembed_input/pos_embedding"
 _BACKBONE = re.compile(
@@ -66,7 +67,6 @@ def describe(flat_params: dict) -> dict:
 
 def variant_name(info: dict) -> str:
   """Best-effort big_vision variant name ('B/16') from width, heads and MLP width (depth can be overridden)."""
-  from vit_adapt.models import vit
   for name, width in vit._WIDTH.items():  # pylint: disable=protected-access
     if (width == info.get("width") and info.get("num_heads", vit._HEADS[name]) == vit._HEADS[name]  # pylint: disable=protected-access
         and info.get("mlp_dim", vit._MLP[name]) == vit._MLP[name] and "patch_size" in info):  # pylint: disable=protected-access

@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+import vit_adapt
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 
@@ -36,7 +37,6 @@ def _versions() -> dict:
   import flax
   import jax
   import orbax.checkpoint
-  import vit_adapt
   return {"jax": jax.__version__, "flax": flax.__version__, "orbax": orbax.checkpoint.__version__,
           "vit_adapt": getattr(vit_adapt, "__version__", "unknown")}
 

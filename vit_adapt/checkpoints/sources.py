@@ -25,6 +25,7 @@ import ml_collections
 from vit_adapt.checkpoints import google, timm_vit
 from vit_adapt.checkpoints.readers import Tensors
 from vit_adapt.errors import UserError
+from vit_adapt.models import vit
 
 Converter = Callable[[Tensors, ml_collections.ConfigDict], tuple[dict, dict]]
 _SOURCES: dict[str, Converter] = {}
@@ -49,7 +50,6 @@ def get_source(name: str) -> Converter:
 
 
 def num_heads_of(config) -> int:
-  from vit_adapt.models import vit
   m = config.model
   return vit.decode_variant(m.variant, width=m.get("width", 0), depth=m.get("depth", 0),
                             mlp_dim=m.get("mlp_dim", 0), num_heads=m.get("num_heads", 0)).num_heads

@@ -13,20 +13,20 @@ import ml_collections
 
 from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
+from vit_adapt.data.demo import DigitsSource
+from vit_adapt.data.folder_source import FolderSource
+from vit_adapt.data.tfds_source import TfdsSource
 
 
 def _tfds(task, split, config):
-  from vit_adapt.data.tfds_source import TfdsSource
   return TfdsSource(task, split, config.dataset.get("data_dir", ""))
 
 
 def _folder(task, split, config):
-  from vit_adapt.data.folder_source import FolderSource
   return FolderSource(task, split, config.dataset.get("root", ""), num_classes(config, task))
 
 
 def _demo(task, split, config):
-  from vit_adapt.data.demo import DigitsSource
   del config
   return DigitsSource(task, split)
 

@@ -43,7 +43,7 @@ def _eval_stats(config, model, method, variables) -> dict | None:
 
 
 def main(argv):
-  from vit_adapt import config_lib  # after flag parsing: keeps `--help` fast
+  from vit_adapt import config_lib, tasks  # after flag parsing: keeps `--help` fast
   from vit_adapt.errors import UserError
   from vit_adapt.train import optim
   from vit_adapt.train import step as train_step
@@ -57,7 +57,8 @@ def main(argv):
   stats = _eval_stats(config, model, method, variables) if FLAGS.eval_gmacs else None
   result = {"method": config.method.name, "task": config.dataset.name,
             "weights": FLAGS.checkpoint or "seeded random initialisation (no --checkpoint)",
-            **report(config, model, variables, trainable=optim.split_trainable(variables["params"], method,
+            **report(config, model, variables, example_input=tasks.for_config(config).example_input,
+                     trainable=optim.split_trainable(variables["params"], method,
                                                                                 config.optim)[0],
                      train_memory_bytes=train_step.train_step_memory(config, model, method, variables),
                      eval_stats=stats)}

@@ -19,7 +19,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from vit_adapt import tasks
 from vit_adapt.efficiency import measure
 from vit_adapt.models import vit
 
@@ -45,14 +44,14 @@ def inference_throughput(model, variables, inputs: jax.ShapeDtypeStruct, *, repe
   return measure.throughput(inference_fn(model), variables, batch, batch_size=inputs.shape[0], repeats=repeats)
 
 
-def report(config, model, variables, *, trainable, train_memory_bytes: int, eval_stats: dict | None = None,
-           measure_throughput: bool = True) -> dict:
-  """The efficiency numbers of one model. `variables` are real arrays (throughput needs them); `trainable` is
-  the trainable tree (after the optimizer's policies); `train_memory_bytes` the compiled training step's peak
-  (`vit_adapt.train.step.train_step_memory`, or the trainer's own compiled step)."""
-  task = tasks.for_config(config)
+def report(config, model, variables, *, example_input, trainable, train_memory_bytes: int,
+           eval_stats: dict | None = None, measure_throughput: bool = True) -> dict:
+  """The efficiency numbers of one model. `variables` are real arrays (throughput needs them);
+  `example_input(config, n)` is the model input of n examples (the task's, `Task.example_input`); `trainable`
+  is the trainable tree (after the optimizer's policies); `train_memory_bytes` the compiled training step's
+  peak (`vit_adapt.train.step.train_step_memory`, or the trainer's own compiled step)."""
   size = config.model.image_size
-  compiled_gmacs = gmacs_per_example(model, variables, task.example_input(config, 1))
+  compiled_gmacs = gmacs_per_example(model, variables, example_input(config, 1))
   out = {"gmacs_per_image": compiled_gmacs, "gmacs_source": "compiled"}
   if eval_stats and "gmacs" in eval_stats:
     # Input-dependent compute: the average the method measured over the evaluated images (as the papers do).
@@ -60,7 +59,7 @@ def report(config, model, variables, *, trainable, train_memory_bytes: int, eval
                gmacs_compiled_program=compiled_gmacs)
   out.update(trainable_params=vit.count_params(trainable), total_params=vit.count_params(variables["params"]))
   if measure_throughput:
-    t = inference_throughput(model, variables, task.example_input(config, config.efficiency.batch_size),
+    t = inference_throughput(model, variables, example_input(config, config.efficiency.batch_size),
                              repeats=config.efficiency.repeats)
     out.update(throughput_images_per_s=t["images_per_s"], throughput_median_batch_s=t["median_s"])
   out.update(batch_size=config.efficiency.batch_size, dtype=config.model.dtype,

@@ -275,6 +275,6 @@ def make_report(root: str, out: str | None = None, plots: bool = True) -> dict:
   with open(files[2], "w") as f:
     f.write(md)
   if plots:
-    from vit_adapt.sweep import plots as report_plots
+    from vit_adapt.sweep import plots as report_plots  # imports matplotlib (heavy): only when plotting
     files += report_plots.plot_all(table, columns, rows, root, out, efficiency_note(table))
   return {"table": table, "columns": columns, "markdown": md, "files": files, "rows": rows}

@@ -74,7 +74,6 @@ def load_config(config_arg: str, overrides: dict):
 
 def ineligible_reason(config) -> str | None:
   """Why a run cannot share frozen features (None = it can)."""
-  from vit_adapt import methods
   if not methods.get(config.method.name).shares_frozen_features:
     return f"method {config.method.name!r} trains inside the backbone"
   m = config.model
@@ -127,7 +126,6 @@ def plan_feature_caches(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[st
   at one shared cache directory; the first run of each group builds the cache and the others start after it,
   reusing it. Runs that set their own cache directory or augment their images are left alone.
   """
-  from vit_adapt import methods
   by_key: dict[str, list] = {}
   for run in runs:
     try:
@@ -372,7 +370,8 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
       if batch_key not in eff_cache:
         local = jax.device_put({"params": params}, jax.local_devices()[0])
         memory = train_state.train_step_memory(c, model, method, local, task)
-        eff_cache[batch_key] = efficiency.report(c, model, local, trainable=state.params, eval_stats={},
+        eff_cache[batch_key] = efficiency.report(c, model, local, example_input=task.example_input,
+                                                 trainable=state.params, eval_stats={},
                                                  train_memory_bytes=memory,
                                                  measure_throughput=c.efficiency.enabled)
       last = [float(x) for x in jax.device_get(list(losses[i]))]

@@ -192,7 +192,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   local = jax.device_put(jax.device_get(variables), jax.local_devices()[0])
   if train_memory_bytes is None:  # resumed after the last step: no step was compiled in this process
     train_memory_bytes = train_state.train_step_memory(config, model, method, local, task)
-  eff = efficiency.report(config, model, local, trainable=state.params, eval_stats=last_eval["stats"],
+  eff = efficiency.report(config, model, local, example_input=task.example_input, trainable=state.params, eval_stats=last_eval["stats"],
                           train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
   results = results_lib.build(config, method, task, evaluation=last_eval, num_train=num_train, steps=total_steps,
                               final_train_loss=last_train.get("train/loss"), efficiency=eff,

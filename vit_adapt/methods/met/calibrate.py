@@ -26,6 +26,10 @@ from typing import Sequence
 import numpy as np
 
 from vit_adapt.errors import UserError
+from vit_adapt.checkpoints import model_dir as model_dir_lib
+from vit_adapt.data import pipeline
+from vit_adapt.methods import build
+from vit_adapt.methods.met import exit as met_exit
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -127,8 +131,6 @@ def exit_outputs(config, model, variables, split: str, *, batch_size: int = 256)
   """Every exit's confidence and correctness on `split`: -> (conf (K, N) float64, correct (K, N) bool)."""
   import jax
 
-  from vit_adapt.data import pipeline
-  from vit_adapt.methods.met import exit as met_exit
   dense = model.clone(thresholds=(), inference="last")
   kind = model.confidence
 
@@ -156,7 +158,6 @@ def default_split(config) -> str:
 
 def write_thresholds(model_dir: str, thresholds, confidence: str, record: str, table: dict) -> None:
   """Rewrites DIR/config.json with the thresholds (atomically) and writes DIR/calibration.json."""
-  from vit_adapt.checkpoints import model_dir as model_dir_lib
   config = model_dir_lib.read_config(model_dir)
   config.method.thresholds = tuple(float(t) for t in thresholds)
   config.method.confidence = confidence
@@ -184,9 +185,6 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
               distribution: Sequence[float] = (), confidence: str = "", batch_size: int = 256,
               write: bool = True) -> dict:
   """Library form of the CLI; returns the per-exit table (plus 'split' and 'record')."""
-  from vit_adapt.checkpoints import model_dir as model_dir_lib
-  from vit_adapt.methods import build
-  from vit_adapt.methods.met import exit as met_exit
   model_dir = model_dir_lib.resolve_model_dir(checkpoint)
   config, model, method, variables = build.load_model_dir(model_dir)
   if config.method.name != "met":
