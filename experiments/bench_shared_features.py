@@ -45,7 +45,7 @@ def main():
   from vit_adapt import methods
   from vit_adapt.efficiency import measure as efficiency_lib
   from vit_adapt.sweep import shared_features
-  from vit_adapt.train import loop as train
+  from vit_adapt import train
 
   work = args.workdir or tempfile.mkdtemp(prefix="bench_shared_")
   config_arg = "configs/linear_vtab.py:demo"

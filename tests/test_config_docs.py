@@ -19,7 +19,7 @@ import re
 import pytest
 
 from vit_adapt.data import pipeline
-from vit_adapt.train import loop as train
+from vit_adapt import train
 from vit_adapt.train import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

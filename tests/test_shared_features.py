@@ -10,7 +10,7 @@ import pytest
 from vit_adapt import methods
 from vit_adapt.sweep import shared_features
 from vit_adapt.sweep import grid as sweep_grid
-from vit_adapt.train import loop as train
+from vit_adapt import train
 from vit_adapt.data import pipeline
 
 CONFIG = "configs/linear_vtab.py:demo"

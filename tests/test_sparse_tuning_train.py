@@ -10,7 +10,7 @@ import pytest
 from tensorflow_datasets import testing as tfds_testing
 
 from vit_adapt import config_lib, methods
-from vit_adapt.train import loop as train
+from vit_adapt import train
 from vit_adapt.methods import base as methods_base
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

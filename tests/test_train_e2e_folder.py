@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from e2e_checks import BASELINES, check_run, vtab_config
-from vit_adapt.train import loop as train
+from vit_adapt import train
 
 
 def _folder_dataset(root, n=12):

@@ -5,7 +5,7 @@ import pytest
 from tensorflow_datasets import testing as tfds_testing
 
 from e2e_checks import BASELINES, check_run, vtab_config
-from vit_adapt.train import loop as train
+from vit_adapt import train
 
 
 @pytest.mark.parametrize("method", BASELINES)

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from vit_adapt.train import loop as train
+from vit_adapt import train
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base as methods_base
 

@@ -24,7 +24,7 @@ import jax  # noqa: E402
 
 from conftest import make_tiny_config  # noqa: E402
 from vit_adapt.train import mesh as mesh_lib  # noqa: E402
-from vit_adapt.train import loop as train  # noqa: E402
+from vit_adapt import train  # noqa: E402
 
 assert jax.device_count() == int(spec.get("devices") or 1), jax.devices()
 jax.config.update("jax_disable_most_optimizations", True)  # tiny models: compile time dominates

@@ -24,7 +24,7 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
-  from vit_adapt.train import loop as train  # after flag parsing: keeps `--help` fast
+  from vit_adapt import train  # after flag parsing: keeps `--help` fast
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
           "peak_train_memory_bytes", "wall_time_s")

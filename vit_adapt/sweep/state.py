@@ -13,7 +13,9 @@ import tempfile
 import time
 from typing import Any
 
-RESULTS = "results.json"
+from vit_adapt.train import results as results_lib
+
+RESULTS = results_lib.RESULTS_FILE  # a run is done when its trainer wrote this file
 LOG = "log.txt"
 LOCK = ".sweep.lock"
 STATE_VERSION = 1

@@ -105,13 +105,11 @@ def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
 
 
 def schedule(optim_config, total_steps: int, warmup_steps: int) -> optax.Schedule:
-  """Linear warmup from 0 to `lr` over `warmup_steps`, then half cosine to `min_lr` at `total_steps`."""
-  lr, min_lr = float(optim_config.lr), float(optim_config.min_lr)
+  """Linear warmup from 0 to `lr` over `warmup_steps`, then half cosine to `min_lr` at `total_steps` (optax's
+  warmup-cosine schedule; a run of no more steps than its warmup keeps one cosine step, as before)."""
   warmup_steps = min(warmup_steps, total_steps)
-  cosine = optax.cosine_decay_schedule(lr, max(total_steps - warmup_steps, 1), alpha=min_lr / lr if lr else 0.0)
-  if warmup_steps == 0:
-    return cosine
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), cosine], [warmup_steps])
+  return optax.warmup_cosine_decay_schedule(0.0, float(optim_config.lr), warmup_steps,
+                                            max(total_steps, warmup_steps + 1), end_value=float(optim_config.min_lr))
 
 
 def _scale_per_leaf(factors) -> optax.GradientTransformation:
