@@ -209,7 +209,8 @@ class Encoder(nn.Module):
   """Position embedding, the stack of blocks and the final LayerNorm.
 
   `block_cls` (with `block_kwargs`) is the method's block class; subclasses override `__call__` to change what
-  happens between blocks, reusing `add_posemb`, `blocks` and `encoder_norm`.
+  happens between blocks, reusing `add_posemb`, `blocks` and `encoder_norm`; keyword arguments beyond `train`
+  are theirs (`VisionTransformer.__call__` forwards them).
   """
   depth: int
   mlp_dim: int
@@ -267,7 +268,9 @@ class PositionEmbedding(nn.Module):
 class VisionTransformer(nn.Module):
   """ViT classifier returning `(logits, out)`.
 
-  Method models subclass this, set `encoder_cls`/`block_cls` and override `encode` or `classify`.
+  Method models subclass this, set `encoder_cls`/`block_cls` and override `encode` or `classify`. Keyword
+  arguments of `__call__` beyond `train` go to the encoder (DyT's `complete`), so a method with an extra switch
+  does not copy the forward pass.
   """
   num_classes: int
   width: int = 768
@@ -317,8 +320,8 @@ class VisionTransformer(nn.Module):
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, d))
     return jnp.concatenate([cls, x], axis=1)
 
-  def encode(self, x, train: bool):
-    return self.Transformer(x, train=train)
+  def encode(self, x, train: bool, **flags):
+    return self.Transformer(x, train=train, **flags)
 
   def pool_tokens(self, x):
     return x[:, 0] if self.pool == "tok" else jnp.mean(x[:, 1:], axis=1)
@@ -326,8 +329,9 @@ class VisionTransformer(nn.Module):
   def classify(self, pre_logits, out, train: bool):
     return self.head(pre_logits)
 
-  def __call__(self, images, train: bool = False):
-    x, out = self.encode(self.embed(images), train)
+  def __call__(self, images, train: bool = False, **flags):
+    """-> (logits (B, C) float32, out); `flags` are the method's switches of its encoder (see the class)."""
+    x, out = self.encode(self.embed(images), train, **flags)
     pre = self.pool_tokens(x)
     out["pre_logits"] = pre
     logits = self.classify(pre, out, train)

@@ -235,16 +235,14 @@ class DyTEncoder(vit.Encoder):
 
 
 class DyTVisionTransformer(vit.VisionTransformer):
-  """ViT with DyT blocks; `__call__(images, train, complete)` where `complete` sends every token everywhere."""
+  """ViT with DyT blocks; `__call__(images, train, complete=True)` sends every token everywhere (the base forwards
+  `complete` to `encode`)."""
 
-  def __call__(self, images, train: bool = False, complete: bool = False):
-    x, out = self.Transformer(self.embed(images), train=train, complete=complete)
-    pre = self.pool_tokens(x)
-    out["pre_logits"] = pre
-    logits = self.classify(pre, out, train)
+  def encode(self, x, train: bool, complete: bool = False):
+    x, out = super().encode(x, train, complete=complete)
     out["activation_rate"] = jnp.mean(out["dyt_masks"], axis=(1, 2))
     out["gmacs"] = self.gmacs(out["dyt_tokens"])
-    return logits.astype(jnp.float32), out
+    return x, out
 
   def gmacs(self, dispatched):
     """Per-image GMACs (B,) from the dispatched token counts (B, depth), paper convention (dyt_flops)."""
