@@ -16,9 +16,10 @@ method:
 How methods hook in (without copying the backbone): every module here is written with `setup()` and exposes its
 pieces as methods. A method subclasses `Encoder1DBlock` (adds its own sub-modules in `setup`, rewrites
 `__call__` from `attention_branch` / `mlp_branch` / the attention's `qkv` / `attend` / `project_out`) and
-subclasses `Encoder` to change what happens between blocks (token selection, exits, a query stream). The frozen
-sub-modules keep their names because they are created by the shared `setup`; a method's own parameters live in
-their own sub-trees (`adapter`, `router`, `lora`, `exit_k`, ...).
+subclasses `Encoder` to change what happens between blocks (token selection, a query stream), or `BlockStack` when
+its blocks do not run as one pass (MET's exits). The frozen sub-modules keep their names because they are created
+by the shared `setup`; a method's own parameters live in their own sub-trees (`adapter`, `router`, `lora`,
+`exit_k`, ...).
 
 Every model returns `(logits, out)`: `out` is a dict of named intermediates (`block_{i}` outputs, `pre_logits`,
 and whatever a method adds: router masks, exit logits, kept indices).
@@ -205,12 +206,12 @@ class Encoder1DBlock(nn.Module):
     return self.residual(x, self.mlp_branch(x, deterministic), deterministic)
 
 
-class Encoder(nn.Module):
-  """Position embedding, the stack of blocks and the final LayerNorm.
+class BlockStack(nn.Module):
+  """Position embedding, the stack of blocks and the final LayerNorm: the encoder's parts, with no pass over them.
 
-  `block_cls` (with `block_kwargs`) is the method's block class; subclasses override `__call__` to change what
-  happens between blocks, reusing `add_posemb`, `blocks` and `encoder_norm`; keyword arguments beyond `train`
-  are theirs (`VisionTransformer.__call__` forwards them).
+  `block_cls` (with `block_kwargs`) is the method's block class. `Encoder` adds the plain pass. A method whose
+  blocks do not run as one pass (MET runs them in stages, an exit between two stages) subclasses this directly
+  and gives its encoder the entry points it really has.
   """
   depth: int
   mlp_dim: int
@@ -242,6 +243,14 @@ class Encoder(nn.Module):
 
   def add_posemb(self, x):
     return self.posembed_input(x)
+
+
+class Encoder(BlockStack):
+  """The plain pass: position embedding, every block in turn, final LayerNorm.
+
+  Subclasses override `__call__` to change what happens between blocks, reusing `add_posemb`, `blocks` and
+  `encoder_norm`; keyword arguments beyond `train` are theirs (`VisionTransformer.__call__` forwards them).
+  """
 
   def __call__(self, x, train: bool = False):
     out = {}

@@ -89,16 +89,15 @@ class METBlock(vit.Encoder1DBlock):
     return self.residual(x, mlp, deterministic) + self.eadapter(h, m, s_cls, deterministic=deterministic)
 
 
-class METEncoder(vit.Encoder):
-  """The backbone encoder run stage by stage (blocks between two exits); see METViT."""
+class METEncoder(vit.BlockStack):
+  """The backbone's blocks, run stage by stage (the blocks between two exits, each stage with its exit's M_k, s_k):
+  its entry point is `run_blocks`, not a whole pass, because an exit head reads the stream between stages (see
+  METViT, whose `full` and early-exit passes drive the stages)."""
 
   def run_blocks(self, x, start: int, stop: int, m, s_cls, deterministic: bool = True):
     for blk in self.blocks[start:stop]:
       x = blk(x, m, s_cls, deterministic=deterministic)
     return x
-
-  def __call__(self, x, train: bool = False):
-    raise NotImplementedError("METEncoder runs through METViT.stage (exits sit between blocks)")
 
 
 class Exit(nn.Module):
