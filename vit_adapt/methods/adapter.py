@@ -7,6 +7,7 @@ The adapter reads the un-normalised post-attention stream (AdaptFormer's VTAB se
 parameters = depth * (2 D r + r + D) + head.
 """
 
+import dataclasses
 from typing import Any
 
 import ml_collections
@@ -32,13 +33,21 @@ class AdapterBlock(vit.Encoder1DBlock):
     return self.residual(x, self.mlp_branch(x, deterministic), deterministic) + a
 
 
+@dataclasses.dataclass(frozen=True)
+class AdapterSettings(vit.EncoderSettings):
+  """The fields of every `AdapterBlock`."""
+  bottleneck: int
+  adapter_scale: float
+  adapter_dropout: float
+
+
 def defaults():
   return ml_collections.ConfigDict({"name": "adapter", "bottleneck": 64, "scale": 0.1, "dropout": 0.1})
 
 
 def model_kwargs(c, backbone) -> dict[str, Any]:
-  return dict(block_cls=AdapterBlock, block_kwargs=(("bottleneck", c.bottleneck), ("adapter_scale", c.scale),
-                                                    ("adapter_dropout", c.dropout)))
+  return dict(block_cls=AdapterBlock,
+              settings=AdapterSettings(bottleneck=c.bottleneck, adapter_scale=c.scale, adapter_dropout=c.dropout))
 
 
 ADAPTER = base.register(base.Method(

@@ -4,6 +4,8 @@ q = W_q x + (alpha/r) x A_q B_q (likewise for the other targets); B = 0 at start
 value, rank 8, alpha 8. Trainable: LoRA factors + head; parameters = depth * |targets| * r * 2D + head.
 """
 
+import dataclasses
+
 import ml_collections
 
 from vit_adapt.errors import UserError
@@ -42,6 +44,14 @@ class LoRABlock(vit.Encoder1DBlock):
     return (y, probs) if return_probs else y
 
 
+@dataclasses.dataclass(frozen=True)
+class LoRASettings(vit.EncoderSettings):
+  """The fields of every `LoRABlock`."""
+  rank: int
+  alpha: float
+  targets: str
+
+
 def defaults():
   return ml_collections.ConfigDict({"name": "lora", "rank": 8, "alpha": 8.0, "targets": "qv"})
 
@@ -50,8 +60,7 @@ def model_kwargs(c, backbone):
   if not c.targets or any(t not in _TARGETS for t in c.targets) or len(set(c.targets)) != len(c.targets):
     raise UserError(f"config.method.targets={c.targets!r}: use a subset of the letters {''.join(_TARGETS)} "
                     "(query, key, value, output projection), e.g. 'qv'.")
-  return dict(block_cls=LoRABlock, block_kwargs=(("rank", c.rank), ("alpha", float(c.alpha)),
-                                                 ("targets", c.targets)))
+  return dict(block_cls=LoRABlock, settings=LoRASettings(rank=c.rank, alpha=float(c.alpha), targets=c.targets))
 
 
 LORA = base.register(base.Method(

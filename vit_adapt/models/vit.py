@@ -16,9 +16,11 @@ method:
 How methods hook in (without copying the backbone): every module here is written with `setup()` and exposes its
 pieces as methods. A method subclasses `Encoder1DBlock` (adds its own sub-modules in `setup`, rewrites
 `__call__` from `attention_branch` / `mlp_branch` / the attention's `qkv` / `attend` / `project_out`) and
-subclasses `Encoder` to change what happens between blocks (token selection, exits, a query stream). The frozen
-sub-modules keep their names because they are created by the shared `setup`; a method's own parameters live in
-their own sub-trees (`adapter`, `router`, `lora`, `exit_k`, ...).
+subclasses `Encoder` to change what happens between blocks (token selection, a query stream), or `BlockStack` when
+its blocks do not run as one pass (MET's exits). Its settings are one frozen dataclass, an `EncoderSettings`
+subclass, that the encoder reads and that says which fields each block gets. The frozen sub-modules keep their
+names because they are created by the shared `setup`; a method's own parameters live in their own sub-trees
+(`adapter`, `router`, `lora`, `exit_k`, ...).
 
 Every model returns `(logits, out)`: `out` is a dict of named intermediates (`block_{i}` outputs, `pre_logits`,
 and whatever a method adds: router masks, exit logits, kept indices).
@@ -205,11 +207,28 @@ class Encoder1DBlock(nn.Module):
     return self.residual(x, self.mlp_branch(x, deterministic), deterministic)
 
 
-class Encoder(nn.Module):
-  """Position embedding, the stack of blocks and the final LayerNorm.
+@dataclasses.dataclass(frozen=True)
+class EncoderSettings:
+  """A method's settings of the encoder and its blocks; this base has none (the plain backbone).
 
-  `block_cls` (with `block_kwargs`) is the method's block class; subclasses override `__call__` to change what
-  happens between blocks, reusing `add_posemb`, `blocks` and `encoder_norm`.
+  A method subclasses it (also frozen) with its settings as fields. Module attributes must be hashable and
+  compare by value (Linen modules are dataclasses compared field by field, and MET's per-model cost cache keys
+  on the model's fields): a frozen dataclass is both, so two models built from equal settings are equal modules.
+  """
+
+  def block_fields(self, i: int) -> dict[str, Any]:
+    """Fields of block i beyond the shared shape ones. By default every setting is a field of every block (the
+    settings are named as the block's fields); methods override it for per-block values (Sparse-Tuning) or
+    settings that are the encoder's own (VPT)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+class BlockStack(nn.Module):
+  """Position embedding, the stack of blocks and the final LayerNorm: the encoder's parts, with no pass over them.
+
+  Block i is `block_cls` built with the shared shape fields plus `settings.block_fields(i)`. `Encoder` adds the
+  plain pass. A method whose blocks do not run as one pass (MET runs them in stages, an exit between two stages)
+  subclasses this directly and gives its encoder the entry points it really has.
   """
   depth: int
   mlp_dim: int
@@ -220,7 +239,7 @@ class Encoder(nn.Module):
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
   block_cls: Callable[..., nn.Module] = Encoder1DBlock
-  block_kwargs: Any = None  # a tuple of (name, value) pairs (hashable) passed to every block
+  settings: EncoderSettings = EncoderSettings()
 
   def setup(self):
     self.posembed_input = PositionEmbedding(self.num_tokens, self.width)
@@ -229,18 +248,22 @@ class Encoder(nn.Module):
       # Stochastic depth grows linearly with depth, as in timm/big_vision.
       dp = self.drop_path * i / max(self.depth - 1, 1)
       blk = self.block_cls(mlp_dim=self.mlp_dim, num_heads=self.num_heads, width=self.width,
-                           dropout=self.dropout, drop_path=dp, dtype=self.dtype, **self.block_kwargs_at(i))
+                           dropout=self.dropout, drop_path=dp, dtype=self.dtype, **self.settings.block_fields(i))
       setattr(self, f"encoderblock_{i}", blk)  # attribute name = parameter name
       blocks.append(blk)
     self.blocks = blocks
     self.encoder_norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
 
-  def block_kwargs_at(self, i: int) -> dict:
-    """Keyword arguments of block i beyond the shared ones; methods with per-block settings override it."""
-    return dict(self.block_kwargs or ())
-
   def add_posemb(self, x):
     return self.posembed_input(x)
+
+
+class Encoder(BlockStack):
+  """The plain pass: position embedding, every block in turn, final LayerNorm.
+
+  Subclasses override `__call__` to change what happens between blocks, reusing `add_posemb`, `blocks` and
+  `encoder_norm`; keyword arguments beyond `train` are theirs (`VisionTransformer.__call__` forwards them).
+  """
 
   def __call__(self, x, train: bool = False):
     out = {}
@@ -267,7 +290,9 @@ class PositionEmbedding(nn.Module):
 class VisionTransformer(nn.Module):
   """ViT classifier returning `(logits, out)`.
 
-  Method models subclass this, set `encoder_cls`/`block_cls` and override `encode` or `classify`.
+  Methods set `encoder_cls`, `block_cls` and `settings` (their `EncoderSettings`), and subclass this to override
+  `encode` or `classify`. Keyword arguments of `__call__` beyond `train` go to the encoder (DyT's `complete`), so
+  a method with an extra switch does not copy the forward pass.
   """
   num_classes: int
   width: int = 768
@@ -283,8 +308,7 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   encoder_cls: Callable[..., nn.Module] = Encoder
   block_cls: Callable[..., nn.Module] = Encoder1DBlock
-  block_kwargs: Any = None
-  encoder_kwargs: Any = None
+  settings: EncoderSettings = EncoderSettings()
 
   @property
   def grid(self) -> int:
@@ -301,7 +325,7 @@ class VisionTransformer(nn.Module):
     self.Transformer = self.encoder_cls(
         depth=self.depth, mlp_dim=self.mlp_dim, num_heads=self.num_heads, width=self.width,
         num_tokens=1 + self.num_patches, dropout=self.dropout, drop_path=self.drop_path, dtype=self.dtype,
-        block_cls=self.block_cls, block_kwargs=self.block_kwargs, **dict(self.encoder_kwargs or ()))
+        block_cls=self.block_cls, settings=self.settings)
     self.make_head()
 
   def make_head(self):
@@ -317,8 +341,8 @@ class VisionTransformer(nn.Module):
     cls = jnp.broadcast_to(self.cls.astype(x.dtype), (b, 1, d))
     return jnp.concatenate([cls, x], axis=1)
 
-  def encode(self, x, train: bool):
-    return self.Transformer(x, train=train)
+  def encode(self, x, train: bool, **flags):
+    return self.Transformer(x, train=train, **flags)
 
   def pool_tokens(self, x):
     return x[:, 0] if self.pool == "tok" else jnp.mean(x[:, 1:], axis=1)
@@ -326,8 +350,9 @@ class VisionTransformer(nn.Module):
   def classify(self, pre_logits, out, train: bool):
     return self.head(pre_logits)
 
-  def __call__(self, images, train: bool = False):
-    x, out = self.encode(self.embed(images), train)
+  def __call__(self, images, train: bool = False, **flags):
+    """-> (logits (B, C) float32, out); `flags` are the method's switches of its encoder (see the class)."""
+    x, out = self.encode(self.embed(images), train, **flags)
     pre = self.pool_tokens(x)
     out["pre_logits"] = pre
     logits = self.classify(pre, out, train)

@@ -32,6 +32,7 @@ computed for the whole batch, `activation_rate` (B,) and `gmacs` (B,) per image 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -218,6 +219,20 @@ class DyTBlock(vit.Encoder1DBlock):
     return tokens.scatter_add_tokens(x1 + a, idx, y), idx.size
 
 
+@dataclasses.dataclass(frozen=True)
+class DyTSettings(vit.EncoderSettings):
+  """The fields of every `DyTBlock` (the model's cost formula reads `dispatch` and `bottleneck` too)."""
+  bottleneck: int
+  adapter_scale: float
+  adapter_dropout: float
+  num_experts: int
+  dispatch: str
+  tau: float
+  inference: str
+  capacity_rate: float
+  num_buckets: int
+
+
 class DyTEncoder(vit.Encoder):
   """Runs the DyT blocks and stacks their router outputs."""
 
@@ -237,24 +252,21 @@ class DyTEncoder(vit.Encoder):
 
 
 class DyTVisionTransformer(vit.VisionTransformer):
-  """ViT with DyT blocks; `__call__(images, train, complete)` where `complete` sends every token everywhere."""
+  """ViT with DyT blocks (`settings` is a `DyTSettings`); `__call__(images, train, complete=True)` sends every
+  token everywhere (the base forwards `complete` to `encode`)."""
 
-  def __call__(self, images, train: bool = False, complete: bool = False):
-    x, out = self.Transformer(self.embed(images), train=train, complete=complete)
-    pre = self.pool_tokens(x)
-    out["pre_logits"] = pre
-    logits = self.classify(pre, out, train)
+  def encode(self, x, train: bool, complete: bool = False):
+    x, out = super().encode(x, train, complete=complete)
     out["activation_rate"] = jnp.mean(out["dyt_masks"], axis=(1, 2))
     out["gmacs"] = self.gmacs(out["dyt_tokens"])
-    return logits.astype(jnp.float32), out
+    return x, out
 
   def gmacs(self, dispatched):
     """Per-image GMACs (B,) from the dispatched token counts (B, depth), paper convention (dyt_flops)."""
-    kw = dict(self.block_kwargs or ())
     n = 1 + self.num_patches
-    per_block = dyt_flops.block_macs(dispatched.astype(jnp.float32), dispatch=kw.get("dispatch", "mlp"),
+    per_block = dyt_flops.block_macs(dispatched.astype(jnp.float32), dispatch=self.settings.dispatch,
                                      width=self.width, mlp_dim=self.mlp_dim, num_tokens=n,
-                                     bottleneck=kw.get("bottleneck", 16))
+                                     bottleneck=self.settings.bottleneck)
     base_macs = dyt_flops.base_macs(width=self.width, patch_size=self.patch_size, num_patches=self.num_patches,
                                     num_classes=self.num_classes)
     return (base_macs + jnp.sum(per_block, axis=1)) / 1e9
@@ -304,11 +316,11 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
     raise UserError(f"config.method.num_buckets={c.num_buckets}: use 1..{tokens.MAX_BUCKETS}.")
   if c.num_experts < 1 or c.bottleneck < 1:
     raise UserError(f"config.method.num_experts={c.num_experts}, bottleneck={c.bottleneck}: both must be >= 1.")
-  block = (("bottleneck", int(c.bottleneck)), ("adapter_scale", float(c.scale)), ("adapter_dropout", float(c.dropout)),
-           ("num_experts", int(c.num_experts)), ("dispatch", c.dispatch), ("tau", float(c.tau)),
-           ("inference", c.inference), ("capacity_rate", float(c.capacity_rate)),
-           ("num_buckets", int(c.num_buckets)))
-  return dict(encoder_cls=DyTEncoder, block_cls=DyTBlock, block_kwargs=block)
+  settings = DyTSettings(
+      bottleneck=int(c.bottleneck), adapter_scale=float(c.scale), adapter_dropout=float(c.dropout),
+      num_experts=int(c.num_experts), dispatch=c.dispatch, tau=float(c.tau), inference=c.inference,
+      capacity_rate=float(c.capacity_rate), num_buckets=int(c.num_buckets))
+  return dict(encoder_cls=DyTEncoder, block_cls=DyTBlock, settings=settings)
 
 
 DYT = base.register(base.Method(

@@ -29,6 +29,7 @@ every exit and picks the same exit (the reference semantics); 'last' (or no thre
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -90,16 +91,24 @@ class METBlock(vit.Encoder1DBlock):
     return self.residual(x, mlp, deterministic) + self.eadapter(h, m, s_cls, deterministic=deterministic)
 
 
-class METEncoder(vit.Encoder):
-  """The backbone encoder run stage by stage (blocks between two exits); see METViT."""
+@dataclasses.dataclass(frozen=True)
+class METSettings(vit.EncoderSettings):
+  """The fields of every `METBlock`; the exits read `bottleneck` (M_k is r x r) and `adapter_scale` (s_k's init)."""
+  bottleneck: int
+  adapter_scale: float
+  adapter_dropout: float
+  activation: str
+
+
+class METEncoder(vit.BlockStack):
+  """The backbone's blocks, run stage by stage (the blocks between two exits, each stage with its exit's M_k, s_k):
+  its entry point is `run_blocks`, not a whole pass, because an exit head reads the stream between stages (see
+  METViT, whose `full` and early-exit passes drive the stages)."""
 
   def run_blocks(self, x, start: int, stop: int, m, s_cls, deterministic: bool = True):
     for blk in self.blocks[start:stop]:
       x = blk(x, m, s_cls, deterministic=deterministic)
     return x
-
-  def __call__(self, x, train: bool = False):
-    raise NotImplementedError("METEncoder runs through METViT.stage (exits sit between blocks)")
 
 
 class Exit(nn.Module):
@@ -129,12 +138,9 @@ class Exit(nn.Module):
 
 
 class METViT(vit.VisionTransformer):
-  """ViT with exits; `__call__(images, train)` -> (logits, out). See the module docstring."""
+  """ViT with exits; `__call__(images, train)` -> (logits, out). See the module docstring. `settings` is a
+  `METSettings`."""
   exits: tuple = (4, 6, 8, 10, 12)  # 1-based blocks after which an exit reads the class token
-  bottleneck: int = 8
-  adapter_scale: float = 0.1
-  adapter_dropout: float = 0.0
-  activation: str = "gelu"
   confidence: str = "max_softmax"
   thresholds: tuple = ()  # one per early exit (K-1); empty: not calibrated
   inference: str = "early_exit"
@@ -149,8 +155,8 @@ class METViT(vit.VisionTransformer):
     super().setup()
     exits = []
     for k in range(self.num_exits):
-      e = Exit(self.num_classes, self.bottleneck, self.adapter_scale, has_head=k < self.num_exits - 1,
-               head_init_std=self.head_init_std, dtype=self.dtype)
+      e = Exit(self.num_classes, self.settings.bottleneck, self.settings.adapter_scale,
+               has_head=k < self.num_exits - 1, head_init_std=self.head_init_std, dtype=self.dtype)
       setattr(self, f"exit_{k}", e)  # attribute name = parameter sub-tree name
       exits.append(e)
     self.exit_modules = exits
@@ -263,11 +269,9 @@ def model_kwargs(c, backbone) -> dict:
   met_loss.check_guard(c.graph_guard)
   if not 1 <= c.num_buckets <= 16:
     raise UserError(f"config.method.num_buckets={c.num_buckets}: use 1..16 precompiled capacities per stage.")
-  kw = dict(encoder_cls=METEncoder, block_cls=METBlock,
-            block_kwargs=(("bottleneck", c.bottleneck), ("adapter_scale", float(c.scale)),
-                          ("adapter_dropout", float(c.dropout)), ("activation", c.activation)),
-            exits=exits, bottleneck=int(c.bottleneck), adapter_scale=float(c.scale),
-            adapter_dropout=float(c.dropout), activation=c.activation, confidence=c.confidence,
+  settings = METSettings(bottleneck=int(c.bottleneck), adapter_scale=float(c.scale),
+                         adapter_dropout=float(c.dropout), activation=c.activation)
+  kw = dict(encoder_cls=METEncoder, block_cls=METBlock, settings=settings, exits=exits, confidence=c.confidence,
             thresholds=tuple(float(t) for t in c.thresholds), inference=c.inference,
             num_buckets=int(c.num_buckets))
   kw["exit_gmacs"] = met_exit.exit_costs(METViT, {**backbone, **kw})

@@ -34,6 +34,7 @@ selection, -1 for a fused token.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, NamedTuple
 
@@ -193,23 +194,29 @@ class SparseTuningBlock(vit.Encoder1DBlock):
     return self.adapt_and_mlp(x, (), deterministic)[0]
 
 
-class SparseTuningEncoder(vit.Encoder):
-  sparse_blocks: tuple[int, ...] = (3, 6, 9)
-  keep_rate: float = 0.7
-  fuse_token: bool = True
-  dense_adapter: str = "paper"
-  bottleneck: int = 64
+@dataclasses.dataclass(frozen=True)
+class SparseTuningSettings(vit.EncoderSettings):
+  """Sparse-Tuning's settings; they differ per block: only `sparse_blocks` drop tokens, and each adapter reads
+  the earlier adapter outputs its dense connections name."""
+  sparse_blocks: tuple[int, ...]  # zero-based
+  keep_rate: float
+  fuse_token: bool
+  dense_adapter: str  # a key of CONNECTIONS
+  bottleneck: int
 
-  def block_kwargs_at(self, i: int) -> dict:
-    kw = super().block_kwargs_at(i)
-    kw.update(keep_rate=self.keep_rate if i in self.sparse_blocks else 1.0, fuse_token=self.fuse_token,
-              dense_adapter=self.dense_adapter, bottleneck=self.bottleneck,
-              prev_offsets=CONNECTIONS[self.dense_adapter].prev_offsets(i))
-    return kw
+  def block_fields(self, i: int) -> dict:
+    return dict(keep_rate=self.keep_rate if i in self.sparse_blocks else 1.0, fuse_token=self.fuse_token,
+                dense_adapter=self.dense_adapter, bottleneck=self.bottleneck,
+                prev_offsets=CONNECTIONS[self.dense_adapter].prev_offsets(i))
+
+
+class SparseTuningEncoder(vit.Encoder):
+  """Drives each block's two halves, carrying the adapter outputs between them; `settings` is a
+  `SparseTuningSettings`."""
 
   def __call__(self, x, train: bool = False):
     det = not train
-    conn = CONNECTIONS[self.dense_adapter]
+    conn = CONNECTIONS[self.settings.dense_adapter]
     out = {}
     x = e = self.add_posemb(x)
     b, n = x.shape[:2]
@@ -281,10 +288,9 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
     raise UserError(f"config.method.bottleneck={c.bottleneck}: the released adapter's widths are fixed at 64/32; "
                     "leave bottleneck=64 or use dense_adapter='paper'.")
   CONNECTIONS[c.dense_adapter].validate(depth, blocks)
-  enc = (("sparse_blocks", blocks), ("keep_rate", float(c.keep_rate)), ("fuse_token", bool(c.fuse_token)),
-         ("dense_adapter", c.dense_adapter), ("bottleneck", int(c.bottleneck)))
-  return dict(encoder_cls=SparseTuningEncoder, encoder_kwargs=enc, block_cls=SparseTuningBlock,
-              head_type=c.head)
+  settings = SparseTuningSettings(sparse_blocks=blocks, keep_rate=float(c.keep_rate), fuse_token=bool(c.fuse_token),
+                                  dense_adapter=c.dense_adapter, bottleneck=int(c.bottleneck))
+  return dict(encoder_cls=SparseTuningEncoder, block_cls=SparseTuningBlock, settings=settings, head_type=c.head)
 
 
 SPARSE_TUNING = base.register(base.Method(
