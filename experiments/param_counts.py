@@ -12,7 +12,6 @@ import argparse
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit_adapt import config_lib, methods
 from vit_adapt.models import vit

@@ -1,7 +1,6 @@
 """MET threshold calibration: exact exit distributions, GMACs budgets, thresholds saved into the model directory."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

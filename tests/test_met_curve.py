@@ -4,7 +4,6 @@ import csv
 import os
 
 import jax
-import numpy as np
 import pytest
 
 from vit_adapt import config_lib, curve, methods

@@ -2,7 +2,7 @@
 
 The paper's fvcore counts (one multiply-add per MAC, matmuls and convolutions): 11.79 G with token fusion, 11.66 G
 without, dense ViT-B/16 17.58 G. We count the dot/convolution multiply-adds of the program XLA compiles, through
-the same `vit_adapt.efficiency.gmacs_per_image` that writes `results.json`, so the reduction is real (the reduced
+the same `vit_adapt.efficiency.report.gmacs_per_image` that writes `results.json`, so the reduction is real (the reduced
 token counts are in the compiled shapes), not a formula. The released adapter matches the official code's count;
 the paper adapter has two more down-projections per block (+0.08 G).
 """
@@ -14,7 +14,6 @@ import pytest
 
 from vit_adapt import methods
 from vit_adapt.efficiency import report as efficiency
-from vit_adapt.models import vit
 
 
 def _gmacs(method: str, **fields) -> float:

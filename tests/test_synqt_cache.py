@@ -1,6 +1,5 @@
 """SynQT cached-feature training: same batches, same loss curve, resumable, invalidated, refused when too big."""
 
-import os
 
 import jax
 import numpy as np

@@ -40,7 +40,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from vit_adapt.errors import UserError
 from vit_adapt.methods import base
