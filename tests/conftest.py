@@ -10,18 +10,23 @@ import pytest
 from vit_adapt import config_lib
 
 
-def make_tiny_config(method: str = "adapter", arg: str = "demo", **blocks):
-  """The `demo` config (embedded digits) shrunk to a 2-block width-32 ViT at 32 px, 2 steps of batch 8.
-
-  `blocks` update config sub-blocks, e.g. `train=dict(steps=5)`, `method=dict(bottleneck=4)`.
-  """
-  c, _ = config_lib.make_config(method, arg)
+def shrink(c):
+  """A config's model and schedule made tiny in place: a 2-block width-32 ViT at 32 px, 2 steps of batch 8."""
   c.model.update(variant="mu/8", image_size=32, depth=2, init="")
   c.train.update(batch_size=8, steps=2, warmup_epochs=0, log_every_steps=1, eval_every_epochs=0,
                  checkpoint_every_steps=0)
   c.eval.batch_size = 40
   c.efficiency.update(enabled=False, batch_size=8, repeats=2)
   c.dataset.update(num_threads=2, prefetch=2)
+
+
+def make_tiny_config(method: str = "adapter", arg: str = "demo", **blocks):
+  """The `demo` config (embedded digits) shrunk to a 2-block width-32 ViT at 32 px, 2 steps of batch 8.
+
+  `blocks` update config sub-blocks, e.g. `train=dict(steps=5)`, `method=dict(bottleneck=4)`.
+  """
+  c, _ = config_lib.make_config(method, arg)
+  shrink(c)
   if "bottleneck" in c.method:
     c.method.bottleneck = 8
   for name, values in blocks.items():

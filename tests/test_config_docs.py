@@ -17,9 +17,10 @@ import os
 import re
 
 import pytest
+from conftest import shrink
 
-from vit_adapt.data import pipeline
 from vit_adapt import train
+from vit_adapt.data import pipeline
 from vit_adapt.train import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,13 +58,9 @@ def _demo_paragraph(doc):
 
 def _shrink(c):
   """`make_tiny_config`'s tiny model and 2 steps of batch 8 (conftest.py), plus what some methods need."""
-  c.model.update(variant="mu/8", image_size=32, depth=2, init="")
-  c.train.update(batch_size=8, steps=2, warmup_epochs=0, log_every_steps=1, eval_every_epochs=0,
-                 checkpoint_every_steps=0)
-  c.eval.batch_size = 40
+  shrink(c)
   # On (unlike make_tiny_config): the throughput keys main.py prints only exist when it is measured.
   c.efficiency.update(enabled=True, batch_size=8, repeats=1)
-  c.dataset.update(num_threads=2, prefetch=2)
   m = c.method
   if "bottleneck" in m and m.get("dense_adapter") != "released":  # the released adapter fixes its width
     m.bottleneck = 8

@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 import jax
 import ml_collections
 
-from vit_adapt.errors import UserError
+from vit_adapt.registry import Registry
 # Re-exported: a method's parameters are split by its `trainable` regexes.
 from vit_adapt.models.params import flatten, merge_params, split_params, unflatten  # noqa: F401
 
@@ -126,22 +126,9 @@ class FeatureCache:
   dir_field: str = ""
 
 
-_REGISTRY: dict[str, Method] = {}
-
-
-def register(method: Method) -> Method:
-  if method.name in _REGISTRY:
-    raise ValueError(f"method {method.name!r} registered twice")
-  _REGISTRY[method.name] = method
-  return method
-
-
-def lookup(name: str) -> Method:
-  """The registered method `name`; `vit_adapt.methods.get` (which first imports every method) is the public way."""
-  if name not in _REGISTRY:
-    raise UserError(f"config.method.name={name!r} is not a method. Known methods: {', '.join(sorted(_REGISTRY))}.")
-  return _REGISTRY[name]
-
-
-def registered() -> list[str]:
-  return sorted(_REGISTRY)
+_METHODS: Registry[Method] = Registry(
+    "method", lambda name, known: f"config.method.name={name!r} is not a method. Known methods: {', '.join(known)}.")
+register = _METHODS.register
+# `vit_adapt.methods.get` / `names` (which first import every method) are the public way.
+lookup = _METHODS.get
+registered = _METHODS.names

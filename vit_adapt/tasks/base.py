@@ -24,7 +24,7 @@ from typing import Any, Callable
 import jax
 import ml_collections
 
-from vit_adapt.errors import UserError
+from vit_adapt.registry import Registry
 
 Config = ml_collections.ConfigDict
 Batch = dict
@@ -48,21 +48,8 @@ class Task:
   doc: str = ""
 
 
-_REGISTRY: dict[str, Task] = {}
-
-
-def register(task: Task) -> Task:
-  if task.name in _REGISTRY:
-    raise ValueError(f"task {task.name!r} registered twice")
-  _REGISTRY[task.name] = task
-  return task
-
-
-def lookup(name: str) -> Task:
-  if name not in _REGISTRY:
-    raise UserError(f"{name!r} is not a learning task vit_adapt has. Known tasks: {', '.join(sorted(_REGISTRY))}.")
-  return _REGISTRY[name]
-
-
-def registered() -> list[str]:
-  return sorted(_REGISTRY)
+_TASKS: Registry[Task] = Registry(
+    "task", lambda name, known: f"{name!r} is not a learning task vit_adapt has. Known tasks: {', '.join(known)}.")
+register = _TASKS.register
+lookup = _TASKS.get
+registered = _TASKS.names
