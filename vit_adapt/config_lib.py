@@ -134,7 +134,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def apply_demo(c: ml_collections.ConfigDict) -> None:
-  """The embedded-dataset demo: a small ViT from scratch on scikit-learn's digits, ~2 minutes on 2 CPU cores.
+  """The embedded-dataset demo: a small ViT from scratch on scikit-learn's digits (wall times: README's demo table,
+  measured by experiments/demo_table.py).
 
   The 8x8 digits are upsampled to 16 px and cut into 4x4 patches: 16 tokens carry all the information and cost
   a quarter of 32 px (64 tokens), which is what fits the whole job (20 epochs = 440 steps, two evaluations, the
