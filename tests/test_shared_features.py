@@ -29,7 +29,7 @@ def _cwd():
 def backbone_dir(tmp_path_factory):
   """A tiny pre-trained-like backbone (random, saved once) so the features do not depend on the run's seed."""
   d = str(tmp_path_factory.mktemp("backbone") / "model")
-  config = shared_features.load_config(CONFIG, {"model.depth": 1, "model.variant": "mu/8"})
+  config = sweep_grid.load_config(CONFIG, {"model.depth": 1, "model.variant": "mu/8"})
   model, method = methods.build_model(config)
   variables = methods.init_variables(model, method, config.copy_and_resolve_references())
   methods.save_model_dir(d, config, dict(variables))
@@ -55,7 +55,7 @@ def _final_state(workdir):
 
 def test_batch_order_matches_train_iterator():
   """The index stream reproduces the trainer's batches across epoch boundaries (labels compared)."""
-  config = shared_features.load_config(CONFIG, {"train.batch_size": 500, "model.variant": "Ti/8",
+  config = sweep_grid.load_config(CONFIG, {"train.batch_size": 500, "model.variant": "Ti/8",
                                                 "dataset.num_threads": 2})
   feats_labels = pipeline.eval_batches(config, config.dataset.split, process_index=0, process_count=1)
   labels = np.concatenate([np.asarray(b["label"])[np.asarray(b["mask"])] for b in feats_labels])
@@ -71,7 +71,7 @@ def test_shared_equals_separate_runs(tmp_path, backbone_dir, fast_compile):
   points = [{"optim.lr": 0.01, "seed": 0}, {"optim.lr": 0.01, "seed": 1}, {"optim.lr": 0.003, "seed": 0}]
   specs = [{"name": f"r{i}", "config": CONFIG, "overrides": _overrides(backbone_dir, **p),
             "workdir": str(tmp_path / "shared" / f"r{i}")} for i, p in enumerate(points)]
-  configs = [shared_features.load_config(s["config"], s["overrides"]) for s in specs]
+  configs = [sweep_grid.load_config(s["config"], s["overrides"]) for s in specs]
   assert len({shared_features.feature_key(c) for c in configs}) == 1
   assert all(shared_features.ineligible_reason(c) is None for c in configs)
 
@@ -112,5 +112,5 @@ def test_plan_groups_and_eligibility(backbone_dir):
   assert sorted(len(g) for g in groups) == [2, 2]
   assert all(len({r.point["seed"] for r in g}) == 1 for g in groups)
   # Augmentation makes the training features differ from step to step: not eligible.
-  config = shared_features.load_config(CONFIG, {"dataset.augment": "flip"})
+  config = sweep_grid.load_config(CONFIG, {"dataset.augment": "flip"})
   assert "augmented" in shared_features.ineligible_reason(config)

@@ -81,7 +81,7 @@ def backbone(tmp_path_factory):
   """A saved tiny backbone: linear-probe runs then share one set of frozen features across seeds."""
   sys.path.insert(0, ROOT)
   from vit_adapt import methods
-  from vit_adapt.sweep.shared_features import load_config
+  from vit_adapt.sweep.grid import load_config
   os.chdir(ROOT)
   config = load_config("configs/linear_vtab.py:demo", {"model.variant": "mu/8", "model.depth": 1})
   model, method = methods.build_model(config)

@@ -15,6 +15,8 @@ from vit_adapt.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json (resumes if it has some).")
+flags.DEFINE_bool("restart", False, "If --workdir holds a run of another config, move it aside (to "
+                  "WORKDIR.replaced-<time>) and start afresh instead of stopping.")
 FLAGS = flags.FLAGS
 
 
@@ -25,7 +27,7 @@ def main(argv):
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
   from vit_adapt import train  # after flag parsing: keeps `--help` fast
-  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, restart=FLAGS.restart)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",
           "peak_train_memory_bytes", "wall_time_s")
   summary = {k: results.get(k) for k in keys}

@@ -19,6 +19,9 @@ import os
 import re
 from typing import Any, Sequence
 
+from absl import flags
+from ml_collections import config_flags
+
 from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 
@@ -118,6 +121,17 @@ def _label_value(v: Any) -> str:
   return re.sub(r"[^A-Za-z0-9_.+\-]", "_", s)  # keep directory names portable
 
 
+def load_config(config_arg: str, overrides: dict):
+  """The config `python -m vit_adapt.main --config=<config_arg> --config.k=v ...` would build (same parser)."""
+  argv = (["sweep", f"--config={config_arg}"]
+          + [f"--config.{k}={format_value(v)}" for k, v in overrides.items()])
+  fv = flags.FlagValues()
+  # `sys_argv` tells the config flag which `--config.*` override flags to define before parsing.
+  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
+  fv(argv)
+  return fv["config"].value
+
+
 @dataclasses.dataclass
 class ConfigRef:
   """One `--config=path[:arg]` of the sweep, with the task argument removed (the sweep sets the task)."""
@@ -165,6 +179,9 @@ class Run:
   config_label: str
   point: dict         # the grid point {key: value}
   overrides: dict     # grid point + fixed overrides, as passed on the command line
+
+  def load_config(self):
+    return load_config(self.config, self.overrides)
 
   def command(self, python: str, workdir: str) -> list[str]:
     cmd = [python, "-m", "vit_adapt.main", f"--config={self.config}", f"--workdir={workdir}"]

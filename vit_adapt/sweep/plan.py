@@ -27,7 +27,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 def _config_task(ref: sweep_grid.ConfigRef) -> str | None:
   """The task a config file selects by itself (e.g. `:demo` -> demo/digits), for run names."""
   try:
-    return shared_features.load_config(ref.path + (":" + ref.arg if ref.arg else ""), {}).dataset.name
+    return sweep_grid.load_config(ref.path + (":" + ref.arg if ref.arg else ""), {}).dataset.name
   except Exception:  # noqa: BLE001 -- a config that does not load fails in its own run, with its own message
     return None
 

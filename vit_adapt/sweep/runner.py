@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import errno
-import fcntl
 import os
 import signal
 import subprocess
@@ -30,6 +28,7 @@ from typing import Callable, Sequence
 from vit_adapt.sweep import devices as sweep_devices
 from vit_adapt.sweep import state as sweep_state
 from vit_adapt.sweep.grid import Run
+from vit_adapt.train import workdir as workdir_lib
 
 _PR_SET_PDEATHSIG = 1
 
@@ -68,15 +67,7 @@ def _preexec(parent_pid: int, cores: set[int] | None):
 def _try_lock(run_dir: str):
   """An open, exclusively locked file in `run_dir`, or None if another process holds the lock."""
   os.makedirs(run_dir, exist_ok=True)
-  fd = os.open(os.path.join(run_dir, sweep_state.LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-  try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError as e:
-    os.close(fd)
-    if e.errno in (errno.EAGAIN, errno.EACCES):
-      return None
-    raise
-  return fd
+  return workdir_lib.try_lock(os.path.join(run_dir, sweep_state.LOCK))
 
 
 def _fmt_duration(s: float | None) -> str:
@@ -128,7 +119,15 @@ class Runner:
     return os.path.join(self.workdir, run.name)
 
   def is_done(self, run: Run) -> bool:
-    return os.path.isfile(os.path.join(self.run_dir(run), sweep_state.RESULTS))
+    """Finished: its results.json is there and belongs to this run's config (the run's fingerprint); results of
+    another config are not skipped over: the run starts and its trainer refuses the workdir, naming the keys."""
+    if not os.path.isfile(os.path.join(self.run_dir(run), sweep_state.RESULTS)):
+      return False
+    try:
+      config = run.load_config()
+    except Exception:  # noqa: BLE001 -- a config that no longer loads: its finished results stand
+      return True
+    return workdir_lib.results_match(self.run_dir(run), config)
 
   def counts(self) -> dict:
     c = {"total": len(self.state.runs)}

@@ -42,8 +42,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
-from ml_collections import config_flags
+from absl import logging
 
 from vit_adapt import config_lib, methods, tasks
 from vit_adapt.data import pipeline, transforms
@@ -55,23 +54,13 @@ from vit_adapt.train import checkpoints as train_checkpoints
 from vit_adapt.train import evaluate, optim
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
+from vit_adapt.train import workdir as workdir_lib
 from vit_adapt.train import writers as reporting
 
 GROUP_FILE = "group.json"
 
 
 # ------------------------------------------------------------------------------------------------ configs
-def load_config(config_arg: str, overrides: dict):
-  """The config `python -m vit_adapt.main --config=<config_arg> --config.k=v ...` would build (same parser)."""
-  argv = (["shared_features", f"--config={config_arg}"]
-          + [f"--config.{k}={sweep_grid.format_value(v)}" for k, v in overrides.items()])
-  fv = flags.FlagValues()
-  # `sys_argv` tells the config flag which `--config.*` override flags to define before parsing.
-  config_flags.DEFINE_config_file("config", None, "", flag_values=fv, sys_argv=argv)
-  fv(argv)
-  return fv["config"].value
-
-
 def ineligible_reason(config) -> str | None:
   """Why a run cannot share frozen features (None = it can)."""
   if not methods.get(config.method.name).shares_frozen_features:
@@ -105,7 +94,7 @@ def plan_groups(runs: Sequence[sweep_grid.Run]) -> list[list[sweep_grid.Run]]:
   by_key: dict[str, list] = {}
   for run in runs:
     try:
-      config = load_config(run.config, run.overrides)
+      config = sweep_grid.load_config(run.config, run.overrides)
     except Exception:  # noqa: BLE001 -- a broken run is reported by its own job, not by the planner
       continue
     if ineligible_reason(config) is None:
@@ -129,7 +118,7 @@ def plan_feature_caches(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[st
   by_key: dict[str, list] = {}
   for run in runs:
     try:
-      config = load_config(run.config, run.overrides)
+      config = sweep_grid.load_config(run.config, run.overrides)
     except Exception:  # noqa: BLE001 -- reported by the run's own job
       continue
     cache = methods.get(config.method.name).feature_cache
@@ -284,12 +273,13 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
   t_start = time.time()
   if jax.process_count() > 1:
     raise UserError("shared-feature training runs in one process; run multi-host jobs with --share_features=off.")
-  todo = [s for s in specs if not os.path.isfile(results_lib.path(s["workdir"]))]
+  todo = [s for s in specs if not workdir_lib.results_match(
+      s["workdir"], sweep_grid.load_config(s["config"], s["overrides"]))]
   if not todo:
     logging.info("every run of the group has results.json; nothing to do")
     return []
   os.makedirs(gdir, exist_ok=True)
-  configs = [load_config(s["config"], s["overrides"]) for s in todo]
+  configs = [sweep_grid.load_config(s["config"], s["overrides"]) for s in todo]
   for c in configs:
     config_lib.validate(c)
   keys = {feature_key(c) for c in configs}
@@ -389,8 +379,10 @@ def train_group(specs: list[dict], gdir: str) -> list[dict]:
     r = results_lib.build(
         c, method, task, evaluation=evaluation, num_train=num_train, steps=steps, final_train_loss=final_loss,
         efficiency=eff, num_devices=1, wall_time_s=wall / len(finished),  # the group's time, shared equally
+        run_fingerprint=workdir_lib.fingerprint(c),
         shared_features={"group": gdir, "runs": len(configs), "feature_time_s": feature_time,
                          "group_wall_time_s": wall})
+    workdir_lib.write_run_file(workdir, c, r["wall_time_s"])  # the run's identity, as the trainer records it
     reporting.write_json(results_lib.path(workdir), r)
     print(json.dumps({k: r.get(k) for k in ("task", "method", "seed", task.primary_metric, "steps")}), flush=True)
     results.append(r)

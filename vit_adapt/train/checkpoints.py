@@ -12,6 +12,8 @@ a complete step or an uncommitted temporary that is ignored. A committed step th
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 import time
@@ -24,6 +26,9 @@ from jax.experimental import multihost_utils
 
 from vit_adapt.train import step as train_state_lib
 from vit_adapt.errors import UserError
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
 
 
 class TrainCheckpoints:
@@ -50,8 +55,24 @@ class TrainCheckpoints:
                       "config.model.dtype='float32'.")
     if step in self._mngr.all_steps():
       return
-    self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.to_dict()),
-                                                  data=grain.checkpoint.CheckpointSave(data_iter)))
+    with self._disk_errors(step):
+      self._mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state.to_dict()),
+                                                    data=grain.checkpoint.CheckpointSave(data_iter)))
+
+  @contextlib.contextmanager
+  def _disk_errors(self, step):
+    """A full or read-only disk while writing a checkpoint is the user's to fix: one message, not a traceback."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 -- orbax wraps OSErrors in its own types; look at the whole chain
+      cause = e
+      while cause is not None and not (isinstance(cause, OSError) and cause.errno in _DISK_ERRNOS):
+        cause = cause.__cause__ or cause.__context__
+      if cause is None:
+        raise
+      raise UserError(f"could not write the checkpoint{f' of step {step}' if step is not None else ''} in "
+                      f"{self.directory}: {os.strerror(cause.errno)}. Free space (or fix the permissions) and "
+                      "re-run the same command: it resumes from the last complete checkpoint.") from None
 
   def restore_latest(self, state: train_state_lib.TrainState, data_iter):
     """-> the newest restorable TrainState (and `data_iter` moved to its position), or None if there is none.
@@ -60,21 +81,29 @@ class TrainCheckpoints:
     """
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                             state.to_dict())
-    for step in sorted(self._mngr.all_steps(), reverse=True):
+    # All or nothing: grain moves `data_iter` while it restores, so a step whose state then fails to restore
+    # must put the iterator back; with no restorable step the run is exactly a fresh one.
+    fresh = data_iter.get_state()
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    for i, step in enumerate(steps):
       try:
         restored = self._mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract), data=grain.checkpoint.CheckpointRestore(data_iter)))
       except Exception as e:  # noqa: BLE001 -- any failure to read a step means: fall back to the previous one
-        self._quarantine(step, e)
+        data_iter.set_state(fresh)
+        self._quarantine(step, e, has_previous=i + 1 < len(steps))
         continue
       logging.info("Resumed from checkpoint step %d in %s", step, self.directory)
       return train_state_lib.TrainState.from_dict(restored.state)
     return None
 
-  def _quarantine(self, step: int, error: Exception) -> None:
+  def _quarantine(self, step: int, error: Exception, *, has_previous: bool) -> None:
     target = os.path.join(os.path.dirname(self.directory), "checkpoints.corrupt", f"{step}-{int(time.time())}")
+    then = ("falling back to the previous checkpoint" if has_previous
+            else "no earlier checkpoint: the run starts from scratch")
+    reason = str(error).splitlines()[0][:200] if str(error) else ""
     message = (f"checkpoint step {step} in {self.directory} cannot be restored ({type(error).__name__}: "
-               f"{str(error)[:300]}); moved it to {target} and falling back to the previous checkpoint.")
+               f"{reason}); moved it to {target}; {then}.")
     logging.warning(message)
     print(f"warning: {message}", flush=True)
     if jax.process_index() == 0:
@@ -85,7 +114,8 @@ class TrainCheckpoints:
     self._mngr = self._manager()
 
   def wait_until_finished(self) -> None:
-    self._mngr.wait_until_finished()
+    with self._disk_errors(None):
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
     self._mngr.close()

@@ -10,7 +10,6 @@ the same workdir resumes from the latest checkpoint and ends with bitwise the sa
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import numpy as np
@@ -27,6 +26,7 @@ from vit_adapt.train import evaluate, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
+from vit_adapt.train import workdir as workdir_lib
 from vit_adapt.train import writers as reporting
 
 
@@ -59,28 +59,41 @@ def preflight(config, task) -> int:
   return num_train
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-  """Trains, evaluates the final model on `config.dataset.eval_split`, writes and returns results.json."""
-  wall_start = time.time()
+def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
+  """Trains, evaluates the final model on `config.dataset.eval_split`, writes and returns results.json.
+
+  Re-running on the same workdir resumes it; a workdir holding another run (a different config) is refused
+  unless `restart`, which moves that run aside (train/workdir.py). Nothing is written before the config, the
+  data and the weights are checked.
+  """
   config_lib.validate(config)
   mesh_lib.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
-  os.makedirs(workdir, exist_ok=True)
+  # One 'data' axis over every device of every host: parameters replicated, batches split.
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
+  mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
+  task = tasks.for_config(config)
+  num_train = preflight(config, task)
+  workdir_lib.check_writable(workdir)
+  lock = workdir_lib.Lock(workdir)
+  try:
+    clock = workdir_lib.Clock(workdir_lib.claim(workdir, config, restart=restart))
+    return _train_and_evaluate(config, workdir, mesh, task, num_train, clock)
+  finally:
+    lock.release()
+
+
+def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, clock) -> dict:
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writer = reporting.create_writer(workdir)
 
   # ---------------------------------------------------------------------------------------------- mesh
-  # One 'data' axis over every device of every host: parameters replicated, batches split.
-  mesh = mesh_lib.make_mesh()
   repl, data_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
-  mesh_lib.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
-  mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
   logging.info("Mesh: %d devices (%s), %d processes", mesh.devices.size, jax.devices()[0].platform,
                jax.process_count())
 
   # ---------------------------------------------------------------------------------------------- data
-  task = tasks.for_config(config)
-  num_train = preflight(config, task)
   steps_per_epoch, total_steps, warmup_steps = optim.schedule_lengths(config, num_train)
   train_iter = task.train_iterator(config, seed=config.seed)
   logging.info("Data: %s split %r, %d examples, %d steps/epoch, %d steps (%d warmup)", config.dataset.name,
@@ -158,6 +171,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         "use config.model.dtype='float32'.")
     last_train = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     writer.write_scalars(step, last_train)
+    workdir_lib.write_run_file(workdir, config, clock.total())
     pending = []
 
   for step in range(start_step + 1, total_steps + 1):
@@ -194,9 +208,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
     train_memory_bytes = train_state.train_step_memory(config, model, method, local, task)
   eff = efficiency.report(config, model, local, example_input=task.example_input, trainable=state.params, eval_stats=last_eval["stats"],
                           train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
+  final_train_loss = last_train.get("train/loss")
+  if final_train_loss is None and start_step == total_steps:  # re-evaluating a finished run: keep its loss
+    final_train_loss = results_lib.read_field(workdir, "final_train_loss")
+  wall_time_s = clock.total()
+  workdir_lib.write_run_file(workdir, config, wall_time_s)
   results = results_lib.build(config, method, task, evaluation=last_eval, num_train=num_train, steps=total_steps,
-                              final_train_loss=last_train.get("train/loss"), efficiency=eff,
-                              num_devices=mesh.devices.size, wall_time_s=time.time() - wall_start)
+                              final_train_loss=final_train_loss, efficiency=eff, num_devices=mesh.devices.size,
+                              wall_time_s=wall_time_s, run_fingerprint=workdir_lib.fingerprint(config))
   # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
   methods.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
   reporting.write_json(results_lib.path(workdir), results)

@@ -6,6 +6,7 @@ shared-feature groups, so the schema never forks; the sweep treats a run as done
 
 from __future__ import annotations
 
+import json
 import os
 
 RESULTS_FILE = "results.json"
@@ -13,6 +14,16 @@ RESULTS_FILE = "results.json"
 
 def path(workdir: str) -> str:
   return os.path.join(workdir, RESULTS_FILE)
+
+
+def read_field(workdir: str, key: str):
+  """A field of the results.json already in `workdir` (None when there is none)."""
+  try:
+    with open(path(workdir)) as f:
+      results = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return results.get(key) if isinstance(results, dict) else None
 
 
 def build(config, method, task, *, evaluation: dict, num_train: int, steps: int, final_train_loss: float | None,
