@@ -2,7 +2,8 @@
 
   python -m vit_adapt.main --config=configs/adapter_vtab.py:task=vtab/dtd --workdir=runs/adapter_dtd
 
-Re-running the same command resumes from the latest checkpoint in --workdir. Results: WORKDIR/results.json.
+Re-running the same command resumes from the latest checkpoint in --workdir; a workdir holding a run of another
+config is refused (--restart moves it aside). Results: WORKDIR/results.json.
 """
 
 import json
