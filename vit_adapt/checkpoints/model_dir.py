@@ -20,8 +20,11 @@ import json
 import os
 from typing import Sequence
 
+import flax
+import jax
 import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 from flax import traverse_util
 
 import vit_adapt
@@ -34,15 +37,11 @@ SCOPES = ("full", "trainable")
 
 
 def _versions() -> dict:
-  import flax
-  import jax
-  import orbax.checkpoint
-  return {"jax": jax.__version__, "flax": flax.__version__, "orbax": orbax.checkpoint.__version__,
+  return {"jax": jax.__version__, "flax": flax.__version__, "orbax": ocp.__version__,
           "vit_adapt": getattr(vit_adapt, "__version__", "unknown")}
 
 
 def _to_numpy(tree):
-  import jax
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
@@ -53,8 +52,6 @@ def save(directory: str, config: ml_collections.ConfigDict, variables: dict, *, 
   Scope 'trainable' keeps the parameters matching the `trainable` regexes (the method's). `meta` adds
   provenance fields to meta.json (e.g. what `convert` read).
   """
-  import orbax.checkpoint as ocp
-
   if scope not in SCOPES:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
   directory = os.path.abspath(os.fspath(directory))
@@ -130,8 +127,6 @@ def open_dir(path: str) -> tuple[str, dict]:
 
 def restore(directory: str) -> dict:
   """The stored variables (numpy), as saved: every parameter, or only the trainable ones."""
-  import orbax.checkpoint as ocp
-
   try:
     stored = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
   except Exception as e:  # orbax raises a variety of types for a damaged directory

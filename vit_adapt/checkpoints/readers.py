@@ -46,7 +46,7 @@ def read_npz(path: str) -> Tensors:
 def read_safetensors(path: str) -> Tensors:
   """A `.safetensors` file through `safetensors.numpy` (no torch needed); bfloat16 tensors become float32."""
   import ml_dtypes  # registers numpy's 'bfloat16' type name, which safetensors.numpy looks up
-  from safetensors.numpy import load_file
+  from safetensors.numpy import load_file  # only when a .safetensors file is read
   try:
     tensors = dict(load_file(path))
   except Exception as e:  # safetensors raises its own SafetensorError / OSError on a bad header or size
@@ -58,7 +58,7 @@ def read_safetensors(path: str) -> Tensors:
 def read_torch(path: str) -> Tensors:
   """A PyTorch `.pth`/`.bin` state dict with `torch.load(weights_only=True)` (no arbitrary unpickling)."""
   try:
-    import torch
+    import torch  # optional heavy dependency: only for .pth/.bin files
   except ImportError:
     raise UserError(f"{path} is a PyTorch file and reading it needs torch (pip install torch). Alternatively "
                     "convert it to .safetensors, which vit_adapt reads without torch.") from None

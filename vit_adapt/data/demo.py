@@ -19,7 +19,7 @@ _SPLIT_SEED = 0
 
 @functools.lru_cache(maxsize=1)
 def _digits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-  from sklearn.datasets import load_digits
+  from sklearn.datasets import load_digits  # heavy import (scipy): only when the demo data is read
 
   data = load_digits()
   pixels = np.round(data.images * (255.0 / 16.0)).astype(np.uint8)  # (1797, 8, 8)

@@ -31,7 +31,7 @@ from vit_adapt.errors import UserError
 
 def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax
+    import jax  # the input pipeline runs without JAX (grain workers, tests) unless asked for the host
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   if not 0 <= process_index < process_count:

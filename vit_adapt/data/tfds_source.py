@@ -19,7 +19,7 @@ def prepare_command(task: Dataset, data_dir: str) -> str:
 
 def _diagnose(task: Dataset, data_dir: str | None) -> UserError | None:
   """Turns tfds's failure to open a data source into what the user has to do, when we can tell."""
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # imports TensorFlow: only on the tfds path
 
   builder = tfds.builder(task.tfds_name, data_dir=data_dir)
   if not builder.is_prepared():
@@ -45,7 +45,7 @@ class TfdsSource:
     if data_dir and not os.path.isdir(data_dir):
       raise UserError(f"tfds data dir {data_dir!r} (config.dataset.data_dir) does not exist. Prepare the task "
                       f"into it first: {prepare_command(task, data_dir)}")
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # imports TensorFlow: only on the tfds path
 
     decoders = None
     try:

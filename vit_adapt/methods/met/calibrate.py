@@ -23,6 +23,7 @@ import math
 import os
 from typing import Sequence
 
+import jax
 import numpy as np
 
 from vit_adapt.errors import UserError
@@ -129,8 +130,6 @@ def exit_table(conf, correct, thresholds, exit_gmacs) -> dict:
 
 def exit_outputs(config, model, variables, split: str, *, batch_size: int = 256):
   """Every exit's confidence and correctness on `split`: -> (conf (K, N) float64, correct (K, N) bool)."""
-  import jax
-
   dense = model.clone(thresholds=(), inference="last")
   kind = model.confidence
 
