@@ -139,3 +139,18 @@ def test_no_module_outside_methods_checks_a_method_by_name():
       if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in names:
         bad.append(f"{name}:{node.lineno} names method {node.value!r}")
   assert not bad, "\n".join(bad)
+
+
+def test_late_third_party_imports_say_why():
+  """Outside entry points a function-local import is an optional heavy dependency, with a comment saying so."""
+  silent = []
+  for name, path in MODULES.items():
+    if _is_entry(name):
+      continue
+    lines = open(path).read().splitlines()
+    for node in ast.walk(ast.parse("\n".join(lines))):
+      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for child in ast.walk(node):
+          if isinstance(child, (ast.Import, ast.ImportFrom)) and "#" not in lines[child.lineno - 1]:
+            silent.append(f"{name}:{child.lineno}: {lines[child.lineno - 1].strip()}")
+  assert not silent, "\n".join(silent)
