@@ -61,6 +61,8 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
   for path in paths:
     try:
       img = images.decode(path)
+    except UserError:  # an image whose pixel values cannot be read as 8 bits (names the file)
+      raise
     except Exception as e:  # PIL raises UnidentifiedImageError/OSError/ValueError on non-images
       logging.warning("skipping %s: not a readable image (%s)", path, type(e).__name__)
       continue
