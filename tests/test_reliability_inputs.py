@@ -14,11 +14,34 @@ import numpy as np
 import pytest
 from conftest import make_tiny_config
 from PIL import Image
+from safetensors.numpy import save_file
 from test_cli_errors import assert_clean_failure, random_backbone, run, save_npz
 
 from vit_adapt import convert
 from vit_adapt.data import images
 from vit_adapt.errors import UserError
+
+# A 1-block ViT at 32 px with 16 px patches: a 2x2 grid, small enough that a ViT-Ti width converts in seconds.
+TIMM_CONFIG = ["--config=configs/linear_vtab.py:demo", "--config.model.depth=1", "--config.model.image_size=32"]
+
+
+def timm_state_dict(width: int, mlp_dim: int, depth: int = 1, patch: int = 16, grid: int = 2, classes: int = 10,
+                    seed: int = 0) -> dict:
+  """A random timm-layout ViT state dict (fused qkv: the head count is not in the file)."""
+  rng = np.random.RandomState(seed)
+  w = lambda *shape: rng.normal(0, 0.02, shape).astype(np.float32)
+  sd = {"cls_token": w(1, 1, width), "pos_embed": w(1, grid * grid + 1, width),
+        "patch_embed.proj.weight": w(width, 3, patch, patch), "patch_embed.proj.bias": w(width),
+        "norm.weight": w(width), "norm.bias": w(width), "head.weight": w(classes, width), "head.bias": w(classes)}
+  for i in range(depth):
+    b = f"blocks.{i}."
+    sd.update({b + "norm1.weight": w(width), b + "norm1.bias": w(width), b + "norm2.weight": w(width),
+               b + "norm2.bias": w(width), b + "attn.qkv.weight": w(3 * width, width),
+               b + "attn.qkv.bias": w(3 * width), b + "attn.proj.weight": w(width, width),
+               b + "attn.proj.bias": w(width), b + "mlp.fc1.weight": w(mlp_dim, width), b + "mlp.fc1.bias": w(mlp_dim),
+               b + "mlp.fc2.weight": w(width, mlp_dim), b + "mlp.fc2.bias": w(width)})
+  return sd
+
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -63,3 +86,42 @@ def test_predict_reads_a_16bit_png_as_its_8bit_equivalent(files, tmp_path):
   a16, b8 = [json.loads(line) for line in r.stdout.strip().splitlines()]
   assert a16["path"].endswith("a16.png") and b8["path"].endswith("b8.png")
   assert a16["top_classes"] == b8["top_classes"] and a16["top_probs"] == b8["top_probs"]
+
+
+# ---------------------------------------------------------------------------------------------- 4: timm variant
+
+@pytest.fixture(scope="module")
+def timm_files(tmp_path_factory):
+  d = tmp_path_factory.mktemp("timm")
+  save_file(timm_state_dict(192, 768), str(d / "ti.safetensors"))  # ViT-Ti width: 3 heads in the real model
+  save_file(timm_state_dict(48, 192), str(d / "odd.safetensors"))  # no standard ViT has width 48
+  return d
+
+
+def test_timm_file_of_another_variant_advises_the_variant(timm_files):
+  r = run("convert", "--source=timm", f"--checkpoint={timm_files / 'ti.safetensors'}", *TIMM_CONFIG,
+          "--config.model.variant=S/16", f"--out={timm_files / 'o1'}")
+  assert_clean_failure(r, "width=192", "head count is not stored", "Pass --config.model.variant=Ti/16.")
+  assert "num_heads=6" not in r.stderr and "--config.model.width" not in r.stderr
+  # The advice converts into the right model: 3 heads, as ViT-Ti has.
+  r = run("convert", "--source=timm", f"--checkpoint={timm_files / 'ti.safetensors'}", *TIMM_CONFIG,
+          "--config.model.variant=Ti/16", f"--out={timm_files / 'o2'}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  cfg = json.load(open(timm_files / "o2" / "config.json"))
+  assert cfg["model"]["variant"] == "Ti/16" and cfg["model"]["num_heads"] == 0
+
+
+def test_timm_width_override_with_wrong_heads_is_refused(timm_files):
+  """The old advice (S/16 with width/mlp overrides) built a 6-head model from a 3-head file: now refused."""
+  assert_clean_failure(run("convert", "--source=timm", f"--checkpoint={timm_files / 'ti.safetensors'}",
+                           *TIMM_CONFIG, "--config.model.variant=S/16", "--config.model.width=192",
+                           "--config.model.mlp_dim=768", f"--out={timm_files / 'o3'}"),
+                       "ViT-Ti/16's, which has 3 heads", "builds S/16 with 6 heads", "--config.model.variant=Ti/16")
+  assert not os.path.exists(timm_files / "o3" / "meta.json")
+
+
+def test_timm_non_standard_width_asks_for_the_head_count(timm_files):
+  assert_clean_failure(run("convert", "--source=timm", f"--checkpoint={timm_files / 'odd.safetensors'}",
+                           *TIMM_CONFIG, "--config.model.variant=S/16", f"--out={timm_files / 'o4'}"),
+                       "--config.model.width=48 --config.model.mlp_dim=192 --config.model.num_heads=N",
+                       "head count cannot be inferred")
