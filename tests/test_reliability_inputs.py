@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.numpy import save_file
 from test_cli_errors import assert_clean_failure, random_backbone, run, save_npz
 
-from vit_adapt import convert
+from vit_adapt import checkpoints, convert
 from vit_adapt.data import images
 from vit_adapt.errors import UserError
 
@@ -125,3 +125,50 @@ def test_timm_non_standard_width_asks_for_the_head_count(timm_files):
                            *TIMM_CONFIG, "--config.model.variant=S/16", f"--out={timm_files / 'o4'}"),
                        "--config.model.width=48 --config.model.mlp_dim=192 --config.model.num_heads=N",
                        "head count cannot be inferred")
+
+
+# ---------------------------------------------------------------------------------------------- 6: NaN weights
+
+@pytest.fixture(scope="module")
+def nan_files(files):
+  d = files["dir"]
+  params = random_backbone()
+  params["Transformer"]["encoderblock_1"]["MlpBlock_0"]["Dense_0"]["kernel"][3, 5] = np.nan
+  nan_npz = save_npz(params, d / "nan.npz")
+  sd = timm_state_dict(32, 128)
+  sd["blocks.0.attn.proj.weight"][0, 0] = np.inf
+  save_file(sd, str(d / "inf.safetensors"))
+  return dict(npz=nan_npz, timm=str(d / "inf.safetensors"))
+
+
+def test_convert_refuses_nan_weights(files, nan_files):
+  r = run("convert", "--source=npz", f"--checkpoint={nan_files['npz']}", "--config=configs/linear_vtab.py:demo",
+          "--config.model.variant=mu/8", "--config.model.depth=2", f"--out={files['dir'] / 'nan_out'}")
+  assert_clean_failure(r, nan_files["npz"], "'Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'", "1 NaN")
+  assert not os.path.exists(files["dir"] / "nan_out" / "meta.json")
+
+
+def test_read_tensors_refuses_inf_in_safetensors(nan_files):
+  with pytest.raises(UserError, match=r"inf\.safetensors: tensor 'blocks\.0\.attn\.proj\.weight' .* 1 inf"):
+    checkpoints.read_tensors(nan_files["timm"])
+
+
+def test_model_init_with_nan_weights_fails_at_start(files, nan_files):
+  workdir = files["dir"] / "nan_run"
+  r = run("main", "--config=configs/linear_vtab.py:demo", "--config.model.variant=mu/8", "--config.model.depth=2",
+          "--config.model.image_size=32", f"--config.model.init={nan_files['npz']}", "--config.train.steps=2",
+          "--config.efficiency.enabled=False", f"--workdir={workdir}")
+  assert_clean_failure(r, nan_files["npz"], "'Transformer/encoderblock_1/MlpBlock_0/Dense_0/kernel'", "NaN")
+  assert "learning rate" not in r.stderr
+  assert not os.path.exists(workdir / "results.json")
+
+
+def test_predict_refuses_a_model_directory_with_nan_weights(files):
+  from vit_adapt.checkpoints import model_dir
+  directory, _ = model_dir.open_dir(files["model"])
+  variables = model_dir.restore(directory)
+  variables["params"]["head"]["bias"][0] = np.nan
+  bad = model_dir.save(files["dir"] / "nan_model", model_dir.read_config(directory), variables)
+  np.save(files["dir"] / "x.npy", np.zeros((2, 32, 32, 3), np.uint8))
+  assert_clean_failure(run("predict", f"--checkpoint={bad}", f"--array={files['dir'] / 'x.npy'}"),
+                       "nan_model/variables: tensor 'params/head/bias'", "1 NaN")

@@ -25,6 +25,7 @@ import numpy as np
 from flax import traverse_util
 
 import vit_adapt
+from vit_adapt.checkpoints import readers
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 
@@ -136,7 +137,9 @@ def restore(directory: str) -> dict:
     stored = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
   except Exception as e:  # orbax raises a variety of types for a damaged directory
     raise UserError(f"could not restore the variables of {directory} ({type(e).__name__}: {e}).") from None
-  return _to_numpy(dict(stored))
+  stored = _to_numpy(dict(stored))
+  readers.check_finite(traverse_util.flatten_dict(stored, sep="/"), f"{directory}/variables")
+  return stored
 
 
 def check_structure(directory, stored, expected, flat: bool = False) -> None:

@@ -2,8 +2,8 @@
 
 `read_tensors(path)` returns a flat `{name: np.ndarray}` with the file's own names (Google files use
 '/'-joined Flax paths, PyTorch files '.'-joined module paths). Every failure a user can cause (missing file,
-truncated or corrupt archive, a pickle inside an `.npz`, torch not installed for a `.pth`) is a `UserError`
-naming the file.
+truncated or corrupt archive, a pickle inside an `.npz`, torch not installed for a `.pth`, a NaN or inf weight)
+is a `UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -125,7 +125,24 @@ def read_tensors(path: str) -> Tensors:
     tensors = _strip_prefix(tensors, ("params/", "opt/target/"))
   if not tensors:
     raise UserError(f"{path} contains no tensors.")
+  check_finite(tensors, path)
   return tensors
+
+
+def check_finite(tensors: Tensors, source: str) -> None:
+  """Raises UserError naming the first tensor (in file order) with a NaN or inf value, and `source`.
+
+  Every checkpoint read goes through here: a non-finite weight would otherwise surface much later, as NaN
+  predictions or a training run that "diverges" from its first step.
+  """
+  bad = [k for k, v in tensors.items() if np.issubdtype(np.asarray(v).dtype, np.inexact)
+         and not np.isfinite(v).all()]
+  if bad:
+    v = np.asarray(tensors[bad[0]])
+    raise UserError(f"{source}: tensor {bad[0]!r} {tuple(v.shape)} has {int(np.isnan(v).sum())} NaN and "
+                    f"{int(np.isinf(v).sum())} inf values" + (f" ({len(bad) - 1} more tensors too)" if len(bad) > 1
+                                                              else "") +
+                    ". The checkpoint is damaged or comes from a diverged training run; use another checkpoint.")
 
 
 def _strip_prefix(tensors: Tensors, prefixes) -> Tensors:
