@@ -172,3 +172,35 @@ def test_predict_refuses_a_model_directory_with_nan_weights(files):
   np.save(files["dir"] / "x.npy", np.zeros((2, 32, 32, 3), np.uint8))
   assert_clean_failure(run("predict", f"--checkpoint={bad}", f"--array={files['dir'] / 'x.npy'}"),
                        "nan_model/variables: tensor 'params/head/bias'", "1 NaN")
+
+
+# ---------------------------------------------------------------------------------------------- 7: config ranges
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.batch_size=0", "config.train.batch_size=0 is out of range: it must be > 0"),
+    ("train.batch_size=-4", "config.train.batch_size=-4 is out of range: it must be > 0"),
+    ("train.steps=-5", "config.train.steps=-5 is out of range: it must be >= 0"),
+    ("optim.lr=-0.1", "config.optim.lr=-0.1 is out of range: it must be > 0"),  # 9: a negative learning rate
+])
+def test_out_of_range_config_numbers_exit_2_naming_the_key(tmp_path, override, needle):
+  r = run("main", "--config=configs/linear_vtab.py:demo", f"--config.{override}", f"--workdir={tmp_path / 'w'}")
+  assert_clean_failure(r, needle)
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("train.batch_size", 0, "> 0"), ("eval.batch_size", 0, "> 0"), ("efficiency.batch_size", -1, "> 0"),
+    ("optim.lr", 0.0, "> 0"), ("optim.lr", float("nan"), "> 0"), ("optim.min_lr", -1e-5, ">= 0"),
+    ("train.epochs", -1, ">= 0"), ("train.warmup_epochs", -2, ">= 0"), ("model.image_size", 0, "> 0"),
+    ("dataset.label_smoothing", 1.0, "in [0, 1)"), ("model.dropout", 1.0, "in [0, 1)"),
+    ("model.drop_path", -0.1, "in [0, 1)"), ("train.keep_checkpoints", -1, ">= 0"),
+    ("dataset.num_classes", 0, ">= 1"),
+])
+def test_validate_checks_every_number_range(key, value, allowed):
+  from vit_adapt import config_lib
+  c = make_tiny_config("linear")
+  config_lib.validate(c)  # the tiny config itself is valid
+  block, field = key.split(".")
+  c[block][field] = value
+  with pytest.raises(UserError) as e:
+    config_lib.validate(c)
+  assert f"config.{key}=" in str(e.value) and allowed in str(e.value)
