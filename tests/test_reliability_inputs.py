@@ -204,3 +204,15 @@ def test_validate_checks_every_number_range(key, value, allowed):
   with pytest.raises(UserError) as e:
     config_lib.validate(c)
   assert f"config.{key}=" in str(e.value) and allowed in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------- 7: files
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
+def test_damaged_meta_json_is_a_user_error_naming_it(files, tmp_path, content):
+  import shutil
+  d = tmp_path / "model"
+  shutil.copytree(files["model"], d)
+  (d / "meta.json").write_text(content)
+  assert_clean_failure(run("predict", f"--checkpoint={d}", f"--images={tmp_path}"), f"{d}/meta.json",
+                       "model directory is damaged" if content.startswith("[") else "not readable JSON")
