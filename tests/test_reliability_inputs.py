@@ -216,3 +216,12 @@ def test_damaged_meta_json_is_a_user_error_naming_it(files, tmp_path, content):
   (d / "meta.json").write_text(content)
   assert_clean_failure(run("predict", f"--checkpoint={d}", f"--images={tmp_path}"), f"{d}/meta.json",
                        "model directory is damaged" if content.startswith("[") else "not readable JSON")
+
+
+@pytest.mark.parametrize("flag", ["output", "logits"])
+def test_predict_output_into_a_missing_folder_fails_before_inference(files, tmp_path, flag):
+  Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(tmp_path / "a.png")
+  target = tmp_path / "no_such_folder" / "out.file"
+  r = run("predict", f"--checkpoint={files['model']}", f"--images={tmp_path / 'a.png'}", f"--{flag}={target}")
+  assert_clean_failure(r, f"--{flag}={target}", f"the folder {tmp_path / 'no_such_folder'} does not exist")
+  assert "predicted" not in r.stderr  # nothing was computed

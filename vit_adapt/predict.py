@@ -157,11 +157,27 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
   return records, logits
 
 
+def check_writable(path: str, flag: str) -> None:
+  """An output path must be writable before any inference runs: a missing folder found afterwards loses it."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f"--{flag}={path} is a directory; give a file path inside it.")
+  if not os.path.isdir(folder):
+    raise UserError(f"--{flag}={path}: the folder {folder} does not exist. Create it first (mkdir -p) or write "
+                    "somewhere else.")
+  if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise UserError(f"--{flag}={path} is not writable (permissions of {path if os.path.exists(path) else folder}). "
+                    "Write somewhere else.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not FLAGS.checkpoint:
     raise UserError("--checkpoint=DIR is required (a model directory or a training workdir).")
+  for flag in ("output", "logits"):
+    if getattr(FLAGS, flag):
+      check_writable(getattr(FLAGS, flag), flag)
   records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array,
                             batch_size=FLAGS.batch_size, k=FLAGS.top_k)
   lines = "".join(json.dumps(r) + "\n" for r in records)
