@@ -225,3 +225,34 @@ def test_predict_output_into_a_missing_folder_fails_before_inference(files, tmp_
   r = run("predict", f"--checkpoint={files['model']}", f"--images={tmp_path / 'a.png'}", f"--{flag}={target}")
   assert_clean_failure(r, f"--{flag}={target}", f"the folder {tmp_path / 'no_such_folder'} does not exist")
   assert "predicted" not in r.stderr  # nothing was computed
+
+
+def _results(root, name, res):
+  d = root / "vtab" / "dtd" / "linear_vtab" / name
+  d.mkdir(parents=True)
+  (d / "results.json").write_text(json.dumps(res))
+
+
+def test_report_drops_invalid_results_with_a_warning_and_a_note(tmp_path):
+  base = dict(task="vtab/dtd", method="linear", trainable_params=1000, gmacs_per_image=1.0,
+              throughput_images_per_s=10.0, batch_size=8, dtype="float32", device="cpu")
+  _results(tmp_path, "seed=0", dict(base, top1=0.5, seed=0))
+  _results(tmp_path, "seed=1", dict(base, top1="0.9", seed=1))  # a string
+  _results(tmp_path, "seed=2", [dict(base, top1=0.7, seed=2)])  # a JSON list
+  _results(tmp_path, "seed=3", dict(base, top1=87.5, seed=3))  # a percentage, not a fraction
+  r = run("report", str(tmp_path), "--noplots")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for name, why in (("seed=1", "top1 is '0.9', not a number"), ("seed=2", "it holds a JSON list, not an object"),
+                    ("seed=3", "top1=87.5 is outside [0, 1]")):
+    assert f"warning: skipping {tmp_path}/vtab/dtd/linear_vtab/{name}/results.json: {why}" in r.stderr
+    assert f"- vtab/dtd/linear_vtab/{name}/results.json: {why}" in r.stdout
+  assert "Dropped 3 invalid results file(s)" in r.stdout
+  assert "| linear_vtab | – | – | 50.0 |" in r.stdout  # dtd: the one valid run only (no ± over seeds)
+  table = (tmp_path / "report" / "table.md").read_text()
+  assert "Dropped 3 invalid results file(s)" in table
+
+
+def test_report_with_only_invalid_results_is_an_error(tmp_path):
+  _results(tmp_path, "seed=0", {"task": "vtab/dtd", "top1": "high"})
+  assert_clean_failure(run("report", str(tmp_path), "--noplots"), "no valid results.json",
+                       "top1 is 'high', not a number")
