@@ -256,3 +256,13 @@ def test_report_with_only_invalid_results_is_an_error(tmp_path):
   _results(tmp_path, "seed=0", {"task": "vtab/dtd", "top1": "high"})
   assert_clean_failure(run("report", str(tmp_path), "--noplots"), "no valid results.json",
                        "top1 is 'high', not a number")
+
+
+# ---------------------------------------------------------------------------------------------- 9: polish
+
+def test_unknown_config_key_message_is_plain_text(files):
+  r = run("convert", "--source=npz", f"--checkpoint={files['good']}", "--config=configs/linear_vtab.py:demo",
+          "--config.model.variantt=S/16", f"--out={files['dir'] / 'o9'}")
+  assert_clean_failure(r, "--config has no field 'variantt' (--config.model.variantt). "
+                       'Did you mean "variant" instead of "variantt"?')
+  assert "\\" not in r.stderr.split("error: ", 1)[1]
