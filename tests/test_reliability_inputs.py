@@ -266,3 +266,10 @@ def test_unknown_config_key_message_is_plain_text(files):
   assert_clean_failure(r, "--config has no field 'variantt' (--config.model.variantt). "
                        'Did you mean "variant" instead of "variantt"?')
   assert "\\" not in r.stderr.split("error: ", 1)[1]
+
+
+def test_folder_source_error_reads_as_one_sentence(tmp_path):
+  r = run("main", "--config=configs/linear_vtab.py:task=vtab/dtd", "--config.dataset.source=folder",
+          f"--config.dataset.root={tmp_path / 'no_such_root'}", f"--workdir={tmp_path / 'w'}")
+  assert_clean_failure(r, "(config.dataset.root) does not exist. Then point the run at it")
+  assert ".." not in r.stderr.replace(str(tmp_path), "")
