@@ -273,3 +273,19 @@ def test_folder_source_error_reads_as_one_sentence(tmp_path):
           f"--config.dataset.root={tmp_path / 'no_such_root'}", f"--workdir={tmp_path / 'w'}")
   assert_clean_failure(r, "(config.dataset.root) does not exist. Then point the run at it")
   assert ".." not in r.stderr.replace(str(tmp_path), "")
+
+
+def test_pth_refusal_does_not_advise_weights_only_false(tmp_path):
+  torch = pytest.importorskip("torch")
+  from vit_adapt.checkpoints import readers
+  from test_cli_errors import Payload
+  torch.save({"model": {"w": torch.zeros(2)}, "hook": Payload()}, str(tmp_path / "evil.pth"))
+  with pytest.raises(UserError) as e:
+    readers.read_tensors(str(tmp_path / "evil.pth"))
+  msg = str(e.value)
+  assert "test_cli_errors.Payload" in msg and "never unpickles" in msg and "Re-save it with tensors only" in msg
+  assert "weights_only=False" not in msg and "weights_only` set to `False`" not in msg and "\x1b[" not in msg
+  (tmp_path / "junk.pth").write_bytes(b"not a torch file " * 8)
+  with pytest.raises(UserError) as e:
+    readers.read_tensors(str(tmp_path / "junk.pth"))
+  assert "junk.pth is not a PyTorch state dict" in str(e.value) and "False" not in str(e.value)

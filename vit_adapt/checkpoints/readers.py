@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import os
+import re
 import zipfile
 from typing import Callable
 
@@ -68,15 +69,34 @@ def read_torch(path: str) -> Tensors:
     with torch.serialization.safe_globals([argparse.Namespace]):
       obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # weights_only refusals are UnpicklingError; corrupt archives RuntimeError/EOFError
-    raise UserError(f"{path} could not be read as a PyTorch state dict with torch.load(weights_only=True) "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). vit_adapt only reads "
-                    "plain tensor dictionaries.") from None
+    raise UserError(_torch_load_problem(path, e)) from None
   sd = unwrap_state_dict(obj, path)
   out = {}
   for k, v in sd.items():
     if isinstance(v, torch.Tensor):
       out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.detach().numpy()
   return out
+
+
+_RESAVE = ("Re-save it with tensors only, e.g. torch.save({k: v for k, v in state_dict.items() if "
+           "isinstance(v, torch.Tensor)}, path), or as .safetensors (safetensors.torch.save_file(state_dict, path)), "
+           "which vit_adapt reads without torch.")
+
+
+def _torch_load_problem(path: str, e: Exception) -> str:
+  """What went wrong in `torch.load(weights_only=True)`, without torch's advice to retry with weights_only=False:
+  vit_adapt never unpickles a user's file, so the way out is a file of tensors only."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+  forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+  if forbidden:
+    return (f"{path}: torch.load(weights_only=True) refused it: besides tensors it holds the Python object "
+            f"{forbidden.group(1)}, and vit_adapt never unpickles objects from a checkpoint (that could run "
+            f"arbitrary code). {_RESAVE}")
+  detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+  detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0].split(". ")[0]
+  return (f"{path} is not a PyTorch state dict that torch.load(weights_only=True) can read ({type(e).__name__}: "
+          f"{detail.strip().rstrip('.')}). Is it truncated or not a PyTorch file? Download it again, or save the "
+          "weights as .safetensors.")
 
 
 def unwrap_state_dict(obj, path: str) -> dict:
