@@ -289,3 +289,11 @@ def test_pth_refusal_does_not_advise_weights_only_false(tmp_path):
   with pytest.raises(UserError) as e:
     readers.read_tensors(str(tmp_path / "junk.pth"))
   assert "junk.pth is not a PyTorch state dict" in str(e.value) and "False" not in str(e.value)
+
+
+def test_non_npy_array_is_not_called_pickled(files, tmp_path):
+  path = tmp_path / "images.npy"
+  path.write_text("these are not pixels\n")
+  r = run("predict", f"--checkpoint={files['model']}", f"--array={path}")
+  assert_clean_failure(r, f"--array={path} is not a .npy array file", "np.save")
+  assert "pickle" not in r.stderr

@@ -72,6 +72,12 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
 def load_array(path: str, size: int) -> np.ndarray:
   if not os.path.isfile(path):
     raise UserError(f"--array={path} does not exist.")
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  # numpy calls any file without its magic "pickled data"; say what it is not instead.
+  if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+    raise UserError(f"--array={path} is not a .npy array file (no numpy header); save the uint8 images with "
+                    f"np.save(path, x) (shape (N, {size}, {size}, 3)), or pass image files with --images.")
   try:
     x = np.load(path, allow_pickle=False)
   except Exception as e:  # pickled objects, truncated or non-.npy files
