@@ -50,14 +50,27 @@ def parse_flags(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except (AttributeError, KeyError) as e:  # config_flags: an override of a field the config does not have
-    field = str(e).strip("\"'")
-    print(f"error: --config has no field {field!r}; check the --config.x=y overrides against the config file.",
-          file=sys.stderr)
+    print(f"error: {_no_field_message(e, argv)}", file=sys.stderr)
     sys.exit(2)
   except Exception as e:  # only the command line and the config file run here
     print(f"error: could not load --config: {type(e).__name__}: {e}", file=sys.stderr)
     sys.exit(2)
   return rest
+
+
+def _no_field_message(e: BaseException, argv) -> str:
+  """Plain text for ml_collections' unknown-field error, a KeyError inside an AttributeError whose str() is an
+  escaped repr with the "Did you mean" suggestion after a newline: the field, the override, the suggestion."""
+  detail = e
+  while isinstance(detail, BaseException) and detail.args:
+    detail = detail.args[0]
+  first, _, suggestion = str(detail).partition("\n")
+  field = first.strip("\"' ")
+  override = next((a.split("=", 1)[0] for a in argv
+                   if a.startswith("--config.") and field in a.split("=", 1)[0].split(".")), None)
+  return (f"--config has no field {field!r}" + (f" ({override})" if override else "") + ". "
+          + (f"{suggestion.strip()} " if suggestion.strip() else "")
+          + "Check the --config.x=y overrides against the config file.")
 
 
 def run(main) -> None:

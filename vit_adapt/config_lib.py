@@ -33,6 +33,7 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
 from __future__ import annotations
 
 import ast
+import math
 
 import ml_collections
 
@@ -111,6 +112,7 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
 def validate(config: ml_collections.ConfigDict) -> None:
   """Raises UserError naming the first key that is not in the schema (`base_config` + the method's defaults)
   or that the schema has and `config` lacks: every field is read somewhere, so a typo is never silently ignored.
+  Then every numeric field must be in its range (`check_ranges`), so a bad number fails before any work.
   """
   if "method" not in config or "name" not in config.method:
     raise UserError("config.method.name is missing: build configs with vit_adapt.config_lib.make_config.")
@@ -131,6 +133,50 @@ def validate(config: ml_collections.ConfigDict) -> None:
                         "vit_adapt.config_lib.make_config, which sets every field).")
 
   check(config, schema, "")
+  check_ranges(config)
+
+
+# The allowed range of every numeric field: '(0, inf)' = positive, '[0, inf)' = non-negative, '[0, 1)' = a
+# fraction below one. A value outside (a zero batch, a negative step count or learning rate) would fail deep in
+# the run (a division by zero, an empty schedule) or silently train something else.
+_RANGES = {
+    "model.image_size": "(0, inf)", "model.dropout": "[0, 1)", "model.drop_path": "[0, 1)",
+    "model.head_init_std": "[0, inf)", "model.depth": "[0, inf)", "model.width": "[0, inf)",
+    "model.mlp_dim": "[0, inf)", "model.num_heads": "[0, inf)",
+    "dataset.mixup": "[0, inf)", "dataset.cutmix": "[0, inf)", "dataset.label_smoothing": "[0, 1)",
+    "dataset.num_threads": "[0, inf)", "dataset.prefetch": "[0, inf)", "dataset.cache_mb": "[0, inf)",
+    "train.batch_size": "(0, inf)", "train.epochs": "[0, inf)", "train.warmup_epochs": "[0, inf)",
+    "train.steps": "[0, inf)", "train.log_every_steps": "[0, inf)", "train.eval_every_epochs": "[0, inf)",
+    "train.checkpoint_every_steps": "[0, inf)", "train.keep_checkpoints": "[0, inf)",
+    "optim.lr": "(0, inf)", "optim.min_lr": "[0, inf)", "optim.wd": "[0, inf)", "optim.b1": "[0, 1)",
+    "optim.b2": "[0, 1)", "optim.eps": "[0, inf)", "optim.grad_clip": "[0, inf)",
+    "eval.batch_size": "(0, inf)", "efficiency.batch_size": "(0, inf)", "efficiency.repeats": "(0, inf)",
+}
+
+
+def _in_range(x: float, interval: str) -> bool:
+  lo, hi = (float(b) for b in interval[1:-1].split(","))
+  return (lo <= x if interval[0] == "[" else lo < x) and (x <= hi if interval[-1] == "]" else x < hi)
+
+
+def _describe_range(interval: str) -> str:
+  return {"(0, inf)": "> 0", "[0, inf)": ">= 0"}.get(interval, f"in {interval}")
+
+
+def check_ranges(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming the first numeric field outside its range (`_RANGES`) and the allowed range."""
+  for key, interval in _RANGES.items():
+    block, field = key.split(".")
+    value = config[block][field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise UserError(f"config.{key}={value!r} is not a number; it must be a number {_describe_range(interval)}.")
+    if not math.isfinite(value) or not _in_range(value, interval):
+      raise UserError(f"config.{key}={value!r} is out of range: it must be {_describe_range(interval)}. "
+                      f"Set --config.{key} to a value {_describe_range(interval)}.")
+  n = config.dataset.num_classes
+  if isinstance(n, bool) or not isinstance(n, int) or not (n == -1 or n >= 1):
+    raise UserError(f"config.dataset.num_classes={n!r} is out of range: it must be >= 1 (or -1: from the task "
+                    "table). Set --config.dataset.num_classes to the number of classes of the dataset.")
 
 
 def apply_demo(c: ml_collections.ConfigDict) -> None:

@@ -40,8 +40,13 @@ _COLLECTIONS = ("batch_stats",)
 _ARCH = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
 
 
-def architecture_contradictions(info: dict, config) -> list[str]:
-  """What the backbone shapes (`merge.describe`) say against config.model / config.dataset."""
+def architecture_contradictions(info: dict, config, heads_known: bool = True) -> list[str]:
+  """What the backbone shapes (`merge.describe`) say against config.model / config.dataset.
+
+  `heads_known=False` (timm / Hugging Face files, whose fused qkv does not store the head count): the variant is
+  inferred from width and MLP width and advised by name (`--config.model.variant=S/16`), so the head count is
+  the standard one; a non-standard width needs `--config.model.num_heads` from the user.
+  """
   from vit_adapt.checkpoints import merge
   from vit_adapt.models import vit
   m = config.model
@@ -49,15 +54,28 @@ def architecture_contradictions(info: dict, config) -> list[str]:
                             mlp_dim=m.get("mlp_dim", 0), num_heads=m.get("num_heads", 0))
   problems = []
   differ = [k for k in _ARCH if k in info and info[k] != getattr(want, k)]
+  named = merge.variant_name(info)
+  standard = "/" in named
   if differ:
     have = ", ".join(f"{k}={info[k]}" for k in _ARCH if k in info)
+    if not heads_known:
+      have += " (the head count is not stored in a timm / Hugging Face file)"
     fix = " ".join(f"--config.model.{k}={info[k]}" for k in differ if k != "patch_size")
-    named = merge.variant_name(info)
-    hint = f"--config.model.variant={named}" if "/" in named else fix
-    if "/" in named and "depth" in differ:
+    hint = f"--config.model.variant={named}" if standard else fix
+    if standard and "depth" in differ:
       hint += f" --config.model.depth={info['depth']}"
+    if not heads_known and not standard:
+      hint = (f"{hint} --config.model.num_heads=N: the width {info.get('width')} is not a standard ViT's, so the "
+              "head count cannot be inferred; take N from the model's card")
     problems.append(f"the checkpoint is a ViT with {have}; the config builds {m.variant} "
                     f"({', '.join(f'{k}={getattr(want, k)}' for k in differ)}). Pass {hint or fix}.")
+  elif not heads_known and standard and not m.get("num_heads", 0):
+    heads = vit._HEADS[named.split("/")[0]]  # pylint: disable=protected-access
+    if heads != want.num_heads:
+      problems.append(f"the checkpoint's width {info['width']} and MLP width {info.get('mlp_dim')} are ViT-{named}'s, "
+                      f"which has {heads} heads; the config builds {m.variant} with {want.num_heads} heads (a timm "
+                      f"/ Hugging Face file does not store the head count). Pass --config.model.variant={named}, "
+                      "or --config.model.num_heads=N if the checkpoint really has N heads.")
   if info.get("grid") and "patch_size" in info and info["grid"] * info["patch_size"] != m.image_size:
     size = info["grid"] * info["patch_size"]
     problems.append(f"the checkpoint's position embedding is a {info['grid']}x{info['grid']} grid ({size} px); "
@@ -106,7 +124,7 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
   from flax import traverse_util
 
   from vit_adapt import checkpoints, methods
-  from vit_adapt.checkpoints import merge
+  from vit_adapt.checkpoints import merge, sources
   fn = checkpoints.get_source(source)
   tensors = checkpoints.read_tensors(checkpoint)
   tree, inferred = fn(tensors, config)
@@ -115,8 +133,9 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
   params = {k: v for k, v in tree.items() if k not in collections}
 
   flat = traverse_util.flatten_dict(params, sep="/") if params else {}
-  info = merge.describe(flat)
-  problems = apply_inferred(config, inferred) + architecture_contradictions(info, config)
+  heads_known = sources.encodes_heads(tensors)
+  info = merge.describe(flat, heads_known)
+  problems = apply_inferred(config, inferred) + architecture_contradictions(info, config, heads_known)
   if problems:
     raise UserError(f"checkpoint {checkpoint} (--source={source}) contradicts the config:\n  - " +
                     "\n  - ".join(problems))
@@ -128,7 +147,7 @@ def convert(source: str, checkpoint: str, config, out: str) -> str:
   model, method = methods.build_model(config)
   variables = dict(methods.init_variables(model, method, config, load_backbone=not has_backbone))
   variables["params"] = merge.merge(params, variables["params"], source=checkpoint,
-                                    partial_backbone=not has_backbone)
+                                    partial_backbone=not has_backbone, heads_known=heads_known)
   for name, col in collections.items():
     if name not in variables:
       raise UserError(f"checkpoint {checkpoint} has {name} statistics but the model built from the config has "

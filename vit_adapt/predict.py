@@ -61,6 +61,8 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
   for path in paths:
     try:
       img = images.decode(path)
+    except UserError:  # an image whose pixel values cannot be read as 8 bits (names the file)
+      raise
     except Exception as e:  # PIL raises UnidentifiedImageError/OSError/ValueError on non-images
       logging.warning("skipping %s: not a readable image (%s)", path, type(e).__name__)
       continue
@@ -70,6 +72,12 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
 def load_array(path: str, size: int) -> np.ndarray:
   if not os.path.isfile(path):
     raise UserError(f"--array={path} does not exist.")
+  with open(path, "rb") as f:
+    magic = f.read(6)
+  # numpy calls any file without its magic "pickled data"; say what it is not instead.
+  if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+    raise UserError(f"--array={path} is not a .npy array file (no numpy header); save the uint8 images with "
+                    f"np.save(path, x) (shape (N, {size}, {size}, 3)), or pass image files with --images.")
   try:
     x = np.load(path, allow_pickle=False)
   except Exception as e:  # pickled objects, truncated or non-.npy files
@@ -155,11 +163,27 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
   return records, logits
 
 
+def check_writable(path: str, flag: str) -> None:
+  """An output path must be writable before any inference runs: a missing folder found afterwards loses it."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise UserError(f"--{flag}={path} is a directory; give a file path inside it.")
+  if not os.path.isdir(folder):
+    raise UserError(f"--{flag}={path}: the folder {folder} does not exist. Create it first (mkdir -p) or write "
+                    "somewhere else.")
+  if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+    raise UserError(f"--{flag}={path} is not writable (permissions of {path if os.path.exists(path) else folder}). "
+                    "Write somewhere else.")
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
   if not FLAGS.checkpoint:
     raise UserError("--checkpoint=DIR is required (a model directory or a training workdir).")
+  for flag in ("output", "logits"):
+    if getattr(FLAGS, flag):
+      check_writable(getattr(FLAGS, flag), flag)
   records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array,
                             batch_size=FLAGS.batch_size, k=FLAGS.top_k)
   lines = "".join(json.dumps(r) + "\n" for r in records)

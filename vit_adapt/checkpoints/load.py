@@ -28,7 +28,7 @@ def load_backbone(path: str, params: dict, *, config) -> dict:
                     "vit_adapt.methods.init_variables (config.model.init), not as a checkpoint file.")
   tensors = readers.read_tensors(path)
   loaded, _ = sources.auto(tensors, config)
-  return merge_lib.merge(loaded, params, source=path)
+  return merge_lib.merge(loaded, params, source=path, heads_known=sources.encodes_heads(tensors))
 
 
 def merge_model_params(trained: dict, params: dict, *, source: str) -> dict:

@@ -40,8 +40,12 @@ def flat(tree) -> dict[str, np.ndarray]:
   return traverse_util.flatten_dict(dict(tree), sep="/") if tree else {}
 
 
-def describe(flat_params: dict) -> dict:
-  """What a flat backbone tree's shapes tell: width, patch, depth, heads, mlp_dim, grid, num_classes."""
+def describe(flat_params: dict, heads_known: bool = True) -> dict:
+  """What a flat backbone tree's shapes tell: width, patch, depth, heads, mlp_dim, grid, num_classes.
+
+  `heads_known=False` for a tree converted from a timm / Hugging Face file: its (D, H, dh) query kernel was split
+  with the config's head count, so it tells nothing about the file and `num_heads` is left out.
+  """
   info = {}
   if "embedding/kernel" in flat_params:
     k = flat_params["embedding/kernel"].shape
@@ -50,7 +54,7 @@ def describe(flat_params: dict) -> dict:
   if blocks:
     info["depth"] = max(blocks) + 1
   q = flat_params.get("Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel")
-  if q is not None and len(q.shape) == 3:
+  if q is not None and len(q.shape) == 3 and heads_known:
     info["num_heads"] = int(q.shape[1])
   mlp = flat_params.get("Transformer/encoderblock_0/MlpBlock_0/Dense_0/kernel")
   if mlp is not None:
@@ -66,7 +70,11 @@ def describe(flat_params: dict) -> dict:
 
 
 def variant_name(info: dict) -> str:
-  """Best-effort big_vision variant name ('B/16') from width, heads and MLP width (depth can be overridden)."""
+  """Best-effort big_vision variant name ('B/16') from width, heads and MLP width (depth can be overridden).
+
+  Without `num_heads` (a timm / HF file) the width and MLP width alone pick the variant, whose head count is
+  then the standard one of the table in `vit_adapt.models.vit` (ViT-S: 6).
+  """
   for name, width in vit._WIDTH.items():  # pylint: disable=protected-access
     if (width == info.get("width") and info.get("num_heads", vit._HEADS[name]) == vit._HEADS[name]  # pylint: disable=protected-access
         and info.get("mlp_dim", vit._MLP[name]) == vit._MLP[name] and "patch_size" in info):  # pylint: disable=protected-access
@@ -79,12 +87,12 @@ def _shape(x) -> tuple:
 
 
 def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = True,
-          partial_backbone: bool = False) -> dict:
+          partial_backbone: bool = False, heads_known: bool = True) -> dict:
   """Returns `target` (nested params) with the weights of `loaded` (nested, backbone names) merged in.
 
   `source` names the file in messages. `partial_backbone`: the file holds only part of the model (a
   trainable-only state dict) and backbone weights it lacks keep the target's values (loaded from
-  `config.model.init`). Raises one UserError listing every problem.
+  `config.model.init`). `heads_known`: see `describe`. Raises one UserError listing every problem.
   """
   src, tgt = flat(loaded), flat(target)
   notes: list[str] = []
@@ -116,7 +124,7 @@ def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = 
   unexpected = [p for p in src if p not in tgt]
   misshaped = [p for p in src if p in tgt and _shape(src[p]) != _shape(tgt[p])]
   if missing or unexpected or misshaped:
-    raise UserError(_report(source, src, tgt, missing, unexpected, misshaped))
+    raise UserError(_report(source, src, tgt, missing, unexpected, misshaped, heads_known))
 
   for note in notes:
     logging.info("%s: %s.", source, note)
@@ -126,14 +134,18 @@ def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = 
   return traverse_util.unflatten_dict(merged, sep="/")
 
 
-def _report(source, src, tgt, missing, unexpected, misshaped) -> str:
-  have, want = describe(src), describe(tgt)
+def _report(source, src, tgt, missing, unexpected, misshaped, heads_known=True) -> str:
+  have, want = describe(src, heads_known), describe(tgt)
   lines = [f"checkpoint {source} does not fit the model built from the config."]
   arch = ("width", "depth", "num_heads", "mlp_dim", "patch_size")
   if any(have.get(k) != want.get(k) for k in arch if k in have and k in want):
     lines.append(f"  The checkpoint holds a ViT {variant_name(have)} ({_arch(have)}); the config builds "
                  f"{variant_name(want)} ({_arch(want)}). Set --config.model.variant (and model.depth etc.) "
                  "to match the checkpoint, or use a checkpoint of the configured architecture.")
+    if not heads_known and "/" not in variant_name(have):
+      lines.append("  Its width is not a standard ViT's, and the head count cannot be inferred from a timm / "
+                   "Hugging Face file (a fused qkv weight does not encode it): also pass "
+                   "--config.model.num_heads=N with the head count of the model's card.")
   for title, names, fmt in (
       ("missing from the checkpoint", missing, lambda p: f"{p} {_shape(tgt[p])}"),
       ("unexpected in the checkpoint (not in the model)", unexpected, lambda p: f"{p} {_shape(src[p])}"),

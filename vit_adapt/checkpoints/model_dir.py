@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from flax import traverse_util
 
 import vit_adapt
+from vit_adapt.checkpoints import readers
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 
@@ -100,9 +101,23 @@ def resolve_model_dir(path: str) -> str:
                   "by training with `python -m vit_adapt.main`.")
 
 
+def _read_json_object(path: str) -> dict:
+  """A JSON object from `path`; an empty, truncated or non-object file is a UserError naming it."""
+  try:
+    with open(path) as f:
+      obj = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is not readable JSON ({type(e).__name__}: {e}); the model directory is damaged or "
+                    "was written incompletely. Write it again (`python -m vit_adapt.convert`, or re-run the "
+                    "training that exported it).") from None
+  if not isinstance(obj, dict):
+    raise UserError(f"{path} holds a JSON {type(obj).__name__}, not an object; the model directory is damaged. "
+                    "Write it again (`python -m vit_adapt.convert`, or re-run the training that exported it).")
+  return obj
+
+
 def read_config(directory: str) -> ml_collections.ConfigDict:
-  with open(os.path.join(directory, "config.json")) as f:
-    return ml_collections.ConfigDict(_tuples(json.load(f)))
+  return ml_collections.ConfigDict(_tuples(_read_json_object(os.path.join(directory, "config.json"))))
 
 
 def _tuples(node):
@@ -117,8 +132,7 @@ def _tuples(node):
 def open_dir(path: str) -> tuple[str, dict]:
   """-> (absolute model directory, its meta.json) of a model directory or a workdir holding one in `model/`."""
   directory = os.path.abspath(resolve_model_dir(path))
-  with open(os.path.join(directory, "meta.json")) as f:
-    meta = json.load(f)
+  meta = _read_json_object(os.path.join(directory, "meta.json"))
   if meta.get("format") != FORMAT or meta.get("version", 0) > VERSION or meta.get("scope") not in SCOPES:
     raise UserError(f"{directory}/meta.json describes {meta.get('format')} version {meta.get('version')} scope "
                     f"{meta.get('scope')}; this vit_adapt reads {FORMAT} up to version {VERSION}. Upgrade vit_adapt.")
@@ -131,7 +145,9 @@ def restore(directory: str) -> dict:
     stored = ocp.StandardCheckpointer().restore(os.path.join(directory, "variables"))
   except Exception as e:  # orbax raises a variety of types for a damaged directory
     raise UserError(f"could not restore the variables of {directory} ({type(e).__name__}: {e}).") from None
-  return _to_numpy(dict(stored))
+  stored = _to_numpy(dict(stored))
+  readers.check_finite(traverse_util.flatten_dict(stored, sep="/"), f"{directory}/variables")
+  return stored
 
 
 def check_structure(directory, stored, expected, flat: bool = False) -> None:

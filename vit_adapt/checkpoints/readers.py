@@ -2,8 +2,8 @@
 
 `read_tensors(path)` returns a flat `{name: np.ndarray}` with the file's own names (Google files use
 '/'-joined Flax paths, PyTorch files '.'-joined module paths). Every failure a user can cause (missing file,
-truncated or corrupt archive, a pickle inside an `.npz`, torch not installed for a `.pth`) is a `UserError`
-naming the file.
+truncated or corrupt archive, a pickle inside an `.npz`, torch not installed for a `.pth`, a NaN or inf weight)
+is a `UserError` naming the file.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import os
+import re
 import zipfile
 from typing import Callable
 
@@ -68,15 +69,34 @@ def read_torch(path: str) -> Tensors:
     with torch.serialization.safe_globals([argparse.Namespace]):
       obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # weights_only refusals are UnpicklingError; corrupt archives RuntimeError/EOFError
-    raise UserError(f"{path} could not be read as a PyTorch state dict with torch.load(weights_only=True) "
-                    f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). vit_adapt only reads "
-                    "plain tensor dictionaries.") from None
+    raise UserError(_torch_load_problem(path, e)) from None
   sd = unwrap_state_dict(obj, path)
   out = {}
   for k, v in sd.items():
     if isinstance(v, torch.Tensor):
       out[k] = v.detach().to(torch.float32).numpy() if v.is_floating_point() else v.detach().numpy()
   return out
+
+
+_RESAVE = ("Re-save it with tensors only, e.g. torch.save({k: v for k, v in state_dict.items() if "
+           "isinstance(v, torch.Tensor)}, path), or as .safetensors (safetensors.torch.save_file(state_dict, path)), "
+           "which vit_adapt reads without torch.")
+
+
+def _torch_load_problem(path: str, e: Exception) -> str:
+  """What went wrong in `torch.load(weights_only=True)`, without torch's advice to retry with weights_only=False:
+  vit_adapt never unpickles a user's file, so the way out is a file of tensors only."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+  forbidden = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+  if forbidden:
+    return (f"{path}: torch.load(weights_only=True) refused it: besides tensors it holds the Python object "
+            f"{forbidden.group(1)}, and vit_adapt never unpickles objects from a checkpoint (that could run "
+            f"arbitrary code). {_RESAVE}")
+  detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+  detail = detail.group(1) if detail else (text.strip().splitlines() or [""])[0].split(". ")[0]
+  return (f"{path} is not a PyTorch state dict that torch.load(weights_only=True) can read ({type(e).__name__}: "
+          f"{detail.strip().rstrip('.')}). Is it truncated or not a PyTorch file? Download it again, or save the "
+          "weights as .safetensors.")
 
 
 def unwrap_state_dict(obj, path: str) -> dict:
@@ -125,7 +145,24 @@ def read_tensors(path: str) -> Tensors:
     tensors = _strip_prefix(tensors, ("params/", "opt/target/"))
   if not tensors:
     raise UserError(f"{path} contains no tensors.")
+  check_finite(tensors, path)
   return tensors
+
+
+def check_finite(tensors: Tensors, source: str) -> None:
+  """Raises UserError naming the first tensor (in file order) with a NaN or inf value, and `source`.
+
+  Every checkpoint read goes through here: a non-finite weight would otherwise surface much later, as NaN
+  predictions or a training run that "diverges" from its first step.
+  """
+  bad = [k for k, v in tensors.items() if np.issubdtype(np.asarray(v).dtype, np.inexact)
+         and not np.isfinite(v).all()]
+  if bad:
+    v = np.asarray(tensors[bad[0]])
+    raise UserError(f"{source}: tensor {bad[0]!r} {tuple(v.shape)} has {int(np.isnan(v).sum())} NaN and "
+                    f"{int(np.isinf(v).sum())} inf values" + (f" ({len(bad) - 1} more tensors too)" if len(bad) > 1
+                                                              else "") +
+                    ". The checkpoint is damaged or comes from a diverged training run; use another checkpoint.")
 
 
 def _strip_prefix(tensors: Tensors, prefixes) -> Tensors:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 import ml_collections
+import numpy as np
 
 from vit_adapt.checkpoints import google, timm_vit
 from vit_adapt.checkpoints.readers import Tensors
@@ -36,7 +37,6 @@ def register_source(name: str, fn: Converter) -> Converter:
     raise ValueError(f"checkpoint source {name!r} registered twice")
   _SOURCES[name] = fn
   return fn
-
 
 
 def source_names() -> list[str]:
@@ -55,6 +55,27 @@ def num_heads_of(config) -> int:
                             mlp_dim=m.get("mlp_dim", 0), num_heads=m.get("num_heads", 0)).num_heads
 
 
+def encodes_heads(tensors: Tensors) -> bool:
+  """Whether the file's shapes tell the attention head count: a Google (D, H, dh) query kernel does; timm's
+  fused qkv (3D, D) and Hugging Face's (D, D) query weights do not (converted with the config's head count)."""
+  return google.is_google_vit(tensors)
+
+
+def _conversion_heads(tensors: Tensors, config) -> int:
+  """The head count a timm/HF file is split with: the config's, unless the file's width does not divide by it
+  (a file of another width: the contradiction is reported after conversion, and its standard head count or one
+  head keeps the split well-defined until then)."""
+  heads = num_heads_of(config)
+  w = tensors.get("patch_embed.proj.weight")
+  if w is None:
+    w = next((v for k, v in tensors.items() if k.endswith("embeddings.patch_embeddings.projection.weight")), None)
+  width = int(w.shape[0]) if w is not None and np.ndim(w) == 4 else 0
+  if not width or width % heads == 0:
+    return heads
+  standard = [vit._HEADS[n] for n, d in vit._WIDTH.items() if d == width]  # pylint: disable=protected-access
+  return standard[0] if standard else 1
+
+
 def from_npz(tensors: Tensors, config) -> tuple[dict, dict]:
   """Google `.npz` in any layout (original/AugReg pre-Linen, big_vision native, scan-stacked)."""
   if not google.is_google_vit(tensors):
@@ -66,7 +87,7 @@ def from_timm(tensors: Tensors, config) -> tuple[dict, dict]:
   """timm or Hugging Face ViT weights; names this backbone does not have are kept and reported as unexpected."""
   if not (timm_vit.is_timm_vit(tensors) or timm_vit.is_hf_vit(tensors)):
     raise UserError(_not_a(tensors, "a timm/Hugging Face ViT state dict (no 'patch_embed.proj.weight')"))
-  params, leftover = timm_vit.timm_to_params(tensors, num_heads_of(config))
+  params, leftover = timm_vit.timm_to_params(tensors, _conversion_heads(tensors, config))
   for name, w in leftover.items():  # '.'-joined names stay one key so the report shows them verbatim
     params[name] = w
   return params, {}

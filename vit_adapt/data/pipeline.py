@@ -204,5 +204,12 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str | None = None) -> int:
-  """Examples in `split` (default config.dataset.split) over all hosts."""
-  return len(sources.open_source(config, split or config.dataset.split)[1])
+  """Examples in `split` (default config.dataset.split) over all hosts.
+
+  A UserError (dataset not prepared, bad folder layout, ...) comes with its message ending without a period, as
+  the tfds source's do: the training preflight continues the sentence with where to get the data.
+  """
+  try:
+    return len(sources.open_source(config, split or config.dataset.split)[1])
+  except UserError as e:
+    raise UserError(str(e).rstrip(".")) from None

@@ -16,6 +16,9 @@ workdirs) and writes to `--out` (default `<dir>/report/`):
 A table row is one (config, grid point without the seed): runs differing only in `seed` are averaged. The
 efficiency columns are means over the row's runs and the table states the device, dtype and batch size they were
 measured with. Group means over a partial group are marked `*` (mean over the tasks present).
+
+A results.json that is unreadable or invalid (not a JSON object, a top1 that is not a number in [0, 1]) is
+skipped with a warning line and listed under the table as dropped, so a partial table never looks complete.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import json
 import math
 import os
 import statistics
+import sys
 from typing import Any, Iterable
 
 
@@ -62,8 +66,29 @@ def _point_from_dirname(name: str) -> dict:
   return point
 
 
-def collect(root: str) -> list[dict]:
-  """One dict per results.json under `root`: the results plus `label`, `point`, `seed`, `path`."""
+def results_problem(res: Any) -> str | None:
+  """Why a parsed results.json cannot be reported (None when it can): the fields the tables read must have their
+  types, and top1 is a fraction in [0, 1] (a percentage or a string would silently skew every mean)."""
+  if not isinstance(res, dict):
+    return f"it holds a JSON {type(res).__name__}, not an object"
+  top1 = res.get("top1")
+  if top1 is not None:
+    if isinstance(top1, bool) or not isinstance(top1, (int, float)):
+      return f"top1 is {top1!r}, not a number"
+    if not 0.0 <= top1 <= 1.0:  # also false for NaN
+      return f"top1={top1!r} is outside [0, 1]"
+  for key in ("task", "method"):
+    if key in res and not isinstance(res[key], str):
+      return f"{key} is {res[key]!r}, not a string"
+  return None
+
+
+def collect(root: str, dropped: list[tuple[str, str]] | None = None) -> list[dict]:
+  """One dict per valid results.json under `root`: the results plus `label`, `point`, `seed`, `path`.
+
+  An unreadable or invalid file (`results_problem`) is skipped with a warning line on stderr; `dropped` (if
+  given) receives its (path relative to `root`, reason), which the report lists under its table.
+  """
   root = os.path.abspath(root)
   points = _sweep_points(root)
   rows = []
@@ -71,8 +96,13 @@ def collect(root: str) -> list[dict]:
     try:
       with open(path) as f:
         res = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-      print(f"warning: skipping unreadable {path}: {e}")
+      problem = results_problem(res)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+      problem = f"unreadable ({type(e).__name__}: {e})"
+    if problem:
+      print(f"warning: skipping {path}: {problem}", file=sys.stderr)
+      if dropped is not None:
+        dropped.append((os.path.relpath(path, root), problem))
       continue
     run_dir = os.path.dirname(path)
     rel = os.path.relpath(run_dir, root)
@@ -193,7 +223,7 @@ def efficiency_note(table: list[dict]) -> str:
   return "\n".join(lines)
 
 
-def markdown(table: list[dict], columns: list[str]) -> str:
+def markdown(table: list[dict], columns: list[str], dropped: Iterable[tuple[str, str]] = ()) -> str:
   vtab = [c for c in columns if c in sweep_grid.TASK_GROUP]
   other = [c for c in columns if c not in sweep_grid.TASK_GROUP]
   head = ["Method"] + [_short(c) for c in columns]
@@ -218,6 +248,10 @@ def markdown(table: list[dict], columns: list[str]) -> str:
     notes.append("Group columns: mean over the group's tasks (`*` = over the tasks present only); Mean: over all "
                  "tasks present; Group mean: mean of the three group means.")
   notes.append(efficiency_note(table))
+  dropped = list(dropped)
+  if dropped:
+    notes.append(f"Dropped {len(dropped)} invalid results file(s), not counted in the table:")
+    notes += [f"- {path}: {why}" for path, why in dropped]
   return "\n".join(lines + notes) + "\n"
 
 
@@ -258,17 +292,22 @@ def write_summary_csv(table: list[dict], columns: list[str], path: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ main
 def make_report(root: str, out: str | None = None, plots: bool = True) -> dict:
-  """Writes the report files; returns {'table': rows, 'columns': ..., 'markdown': str, 'files': [...]}."""
+  """Writes the report files; returns {'table': rows, 'columns': ..., 'markdown': str, 'files': [...],
+  'rows', 'dropped': [(path, reason)] of the invalid results files skipped}."""
   if not os.path.isdir(root):
     raise UserError(f"{root!r} is not a directory: give the sweep's --workdir (or any directory of runs).")
-  rows = collect(root)
+  dropped: list[tuple[str, str]] = []
+  rows = collect(root, dropped)
+  if not rows and dropped:
+    raise UserError(f"no valid results.json under {root!r}; every one was dropped: " +
+                    "; ".join(f"{p}: {why}" for p, why in dropped) + ". Re-run those runs or fix the files.")
   if not rows:
     raise UserError(f"no results.json under {root!r}: no run has finished yet (see its sweep_state.json and "
                     "the runs' log.txt).")
   out = out or os.path.join(root, "report")
   os.makedirs(out, exist_ok=True)
   table, columns = aggregate(rows)
-  md = markdown(table, columns)
+  md = markdown(table, columns, dropped)
   files = [os.path.join(out, n) for n in ("runs.csv", "summary.csv", "table.md")]
   write_runs_csv(rows, files[0])
   write_summary_csv(table, columns, files[1])
@@ -277,4 +316,4 @@ def make_report(root: str, out: str | None = None, plots: bool = True) -> dict:
   if plots:
     from vit_adapt.sweep import plots as report_plots  # imports matplotlib (heavy): only when plotting
     files += report_plots.plot_all(table, columns, rows, root, out, efficiency_note(table))
-  return {"table": table, "columns": columns, "markdown": md, "files": files, "rows": rows}
+  return {"table": table, "columns": columns, "markdown": md, "files": files, "rows": rows, "dropped": dropped}
