@@ -271,8 +271,9 @@ def test_unknown_config_key_message_is_plain_text(files):
 def test_folder_source_error_reads_as_one_sentence(tmp_path):
   r = run("main", "--config=configs/linear_vtab.py:task=vtab/dtd", "--config.dataset.source=folder",
           f"--config.dataset.root={tmp_path / 'no_such_root'}", f"--workdir={tmp_path / 'w'}")
-  assert_clean_failure(r, "(config.dataset.root) does not exist. Then point the run at it")
+  assert_clean_failure(r, "(config.dataset.root) does not exist. Point the run at the folder release with")
   assert ".." not in r.stderr.replace(str(tmp_path), "")
+  assert "--config.dataset.data_dir=<data_dir>, or use the image-folder" not in r.stderr  # the tfds hint
 
 
 def test_pth_refusal_does_not_advise_weights_only_false(tmp_path):

@@ -48,9 +48,11 @@ def preflight(config, task) -> int:
     num_train = task.num_examples(config, config.dataset.split)
     task.num_examples(config, config.dataset.eval_split)
   except UserError as e:
-    problems.append(f"the dataset is not available: {e}. Then point the run at it with "
-                    "--config.dataset.data_dir=<data_dir> (tfds), or use the image-folder release with "
-                    "--config.dataset.source=folder --config.dataset.root=<root> (see docs/data.md).")
+    hint = {"tfds": "Then point the run at it with --config.dataset.data_dir=<data_dir>, or use the image-folder "
+                    "release with --config.dataset.source=folder --config.dataset.root=<root>",
+            "folder": "Point the run at the folder release with --config.dataset.root=<root>, or use tfds with "
+                      "--config.dataset.source=tfds --config.dataset.data_dir=<data_dir>"}.get(config.dataset.source)
+    problems.append(f"the dataset is not available: {e}." + (f" {hint} (see docs/data.md)." if hint else ""))
   if problems:
     raise UserError("cannot start training:\n  - " + "\n  - ".join(problems))
   if not init:
