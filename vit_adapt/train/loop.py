@@ -10,6 +10,7 @@ the same workdir resumes from the latest checkpoint and ends with bitwise the sa
 from __future__ import annotations
 
 import os
+import time
 
 import jax
 import numpy as np
@@ -68,6 +69,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
   unless `restart`, which moves that run aside (train/workdir.py). Nothing is written before the config, the
   data and the weights are checked.
   """
+  start = time.time()
   config_lib.validate(config)
   mesh_lib.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
@@ -77,16 +79,17 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
   task = tasks.for_config(config)
   num_train = preflight(config, task)
+  lengths = optim.schedule_lengths(config, num_train)
   workdir_lib.check_writable(workdir)
   lock = workdir_lib.Lock(workdir)
   try:
-    clock = workdir_lib.Clock(workdir_lib.claim(workdir, config, restart=restart))
-    return _train_and_evaluate(config, workdir, mesh, task, num_train, clock)
+    clock = workdir_lib.Clock(workdir_lib.claim(workdir, config, restart=restart), start=start)
+    return _train_and_evaluate(config, workdir, mesh, task, num_train, lengths, clock)
   finally:
     lock.release()
 
 
-def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, clock) -> dict:
+def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, lengths, clock) -> dict:
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writer = reporting.create_writer(workdir)
 
@@ -96,7 +99,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, clock)
                jax.process_count())
 
   # ---------------------------------------------------------------------------------------------- data
-  steps_per_epoch, total_steps, warmup_steps = optim.schedule_lengths(config, num_train)
+  steps_per_epoch, total_steps, warmup_steps = lengths
   train_iter = task.train_iterator(config, seed=config.seed)
   logging.info("Data: %s split %r, %d examples, %d steps/epoch, %d steps (%d warmup)", config.dataset.name,
                config.dataset.split, num_train, steps_per_epoch, total_steps, warmup_steps)

@@ -213,9 +213,9 @@ def _now() -> str:
 class Clock:
   """Wall time of this run over all its processes: earlier processes' time plus this one's."""
 
-  def __init__(self, previous_s: float):
+  def __init__(self, previous_s: float, start: float | None = None):
     self._previous = previous_s
-    self._start = time.time()
+    self._start = time.time() if start is None else start
 
   def total(self) -> float:
     return self._previous + time.time() - self._start
