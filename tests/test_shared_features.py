@@ -83,6 +83,7 @@ def test_shared_equals_separate_runs(tmp_path, backbone_dir, fast_compile):
     ours = shared[i]
     assert ours["seed"] == separate["seed"] and ours["steps"] == separate["steps"] == 7
     assert ours["top1"] == separate["top1"]
+    assert ours["mean_per_class_accuracy"] == pytest.approx(separate["mean_per_class_accuracy"])
     assert ours["num_eval_examples"] == separate["num_eval_examples"]
     np.testing.assert_allclose(ours["eval_loss"], separate["eval_loss"], rtol=1e-5)
     assert ours["trainable_params"] == separate["trainable_params"]

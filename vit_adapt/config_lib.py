@@ -12,13 +12,14 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   model.image_size          input resolution; position embeddings are resampled on load when it differs
   model.dtype               compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
   model.pool, dropout, drop_path, head_init_std
-  dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...) or 'demo/digits'
+  dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...), 'fgvc/<name>' or 'demo/digits'
   dataset.source            'tfds' | 'folder' | 'demo'
   dataset.data_dir          tfds data dir ('' = tfds default);  dataset.root: folder-layout root
-  dataset.split / eval_split  'train800val200' + 'test' (default) or 'train800' + 'val200'
+  dataset.split / eval_split  'train800val200' + 'test' (VTAB-1k default) or 'train800' + 'val200'; complete
+                            datasets 'train' + 'test'; FGVC 'train+val' + 'test' (tuning: 'train' + 'val')
   dataset.num_classes       from the task table unless set
-  dataset.normalization     'minus_one_one' (Google checkpoints) or 'imagenet'
-  dataset.augment, mixup, cutmix, label_smoothing
+  dataset.normalization     'minus_one_one' (Google checkpoints) or 'imagenet' (FGVC's default: VPT's recipe)
+  dataset.augment, mixup, cutmix, label_smoothing  (augment: FGVC defaults to 'vpt_crop')
   dataset.num_threads, prefetch  grain read threads; batches prefetched per host
   dataset.cache_mb          keep decoded+resized training images in host memory when the split fits (0 = off)
   train.batch_size, epochs, warmup_epochs, steps (0 = from epochs), log/eval/checkpoint intervals;
@@ -66,6 +67,9 @@ def parse_arg(arg: str | None, allowed: dict) -> dict:
 def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_collections.ConfigDict, dict]:
   """The common config for `method` with the VTAB-1k protocol defaults; returns (config, parsed arg).
 
+  The dataset's own protocol fields (`Dataset.config_defaults`: the split pair of complete and FGVC datasets,
+  FGVC's augmentation and normalisation) replace the VTAB-1k ones, so every config file accepts every dataset;
+  the config file's recipe and command-line overrides come after and win.
   Accepted arguments: task, seed, demo, plus `extra_args` (name -> default) that the config file reads itself.
   """
 
@@ -73,7 +77,13 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
   c = base_config(method, task=args["task"], seed=int(args["seed"]))
   if args["demo"]:
     apply_demo(c)
-  c.dataset.num_classes = datasets.get_dataset(c.dataset.name).num_classes
+  dataset = datasets.get_dataset(c.dataset.name)
+  for key, value in dataset.config_defaults:
+    if key not in c.dataset:
+      raise UserError(f"dataset {dataset.name!r}: config_defaults names {key!r}, which is not a config.dataset "
+                      f"field ({', '.join(sorted(c.dataset.keys()))}).")
+    c.dataset[key] = value
+  c.dataset.num_classes = dataset.num_classes
   return c, args
 
 

@@ -1,11 +1,18 @@
 """Dataset registry: every dataset vit_adapt can train on, by name (the "tasks" of VTAB and of `--tasks`).
 
-Three kinds:
+Four kinds:
   * `vtab/<task>`: the 19 VTAB-1k tasks. Split strings, label mappings and class counts follow
     google-research/task_adaptation (see docs/data.md); `train800`, `val200`, `train800val200` and `test`.
-  * complete datasets (`cifar100`, `svhn`, `food101`, `oxford_flowers102`, `oxford_iiit_pet`, `dtd`,
+  * complete datasets (`cifar10`, `cifar100`, `svhn`, `food101`, `oxford_flowers102`, `oxford_iiit_pet`, `dtd`,
     `stanford_cars`, `fgvc_aircraft`): full training sets, splits `train` and `test`.
+  * `fgvc/<name>`: the five FGVC datasets of VPT (CUB-200-2011, NABirds, Oxford Flowers, Stanford Dogs, Stanford
+    Cars) with VPT's split files: `train`, `val`, `train+val` (their union: the final training set), `test`.
+    Image-folder source only (VPT's JSON lists decide membership; tfds has no such splits).
   * `demo/digits`: scikit-learn's handwritten digits, embedded (no download), splits `train` and `test`.
+
+A dataset also says which `config.dataset` fields its protocol sets (`config_defaults`, applied by
+`config_lib.make_config` before a config file's recipe): the split pair for complete and FGVC datasets, and
+FGVC's folder source, augmentation and ImageNet normalisation (VPT's recipe, whatever the method).
 
 A dataset knows its learning task (`vit_adapt.tasks`: classification for all of these), its VTAB group, and
 where its data lives for each source: a tfds name with version (None when tfds 4.9.10 has no builder,
@@ -28,6 +35,8 @@ Example = Mapping[str, Any]
 # The papers' split names. VTAB-1k tasks define the first four; complete datasets and the demo `train`/`test`.
 VTAB_SPLITS = ("train800", "val200", "train800val200", "test")
 FULL_SPLITS = ("train", "test")
+# FGVC (VPT's split files): tune on train -> val, then train on `train+val` (the union, in file order) -> test.
+FGVC_SPLITS = ("train", "val", "train+val", "test")
 
 # Channel fixes applied right after decoding (before resizing), by name.
 CHANNEL_FIXES = ("none", "tile", "binary_tile")
@@ -86,18 +95,22 @@ class Dataset:
   """One dataset + protocol. `splits` maps our split names to tfds split strings (None when not in tfds)."""
 
   name: str
-  kind: str                                  # 'vtab' | 'complete' | 'demo'
+  kind: str                                  # 'vtab' | 'complete' | 'fgvc' | 'demo'
   num_classes: int
   tfds_name: str | None                      # 'name[/config]:version', None if tfds has no builder
   splits: tuple[tuple[str, str | None], ...]  # (split name, tfds split string)
   label_fn: Callable[[Example], int] = _read("label")
   channel_fix: str = "none"                  # one of CHANNEL_FIXES
   folder: str | None = None                  # task folder in the NOAH/VPT (and SynQT) image-folder release
+  image_dir: str = ""                        # VPT JSON lists: paths are relative to <folder>/<image_dir>
   image_key: str = "image"
   default_augment: str = "none"              # what the papers train with (config.dataset.augment)
   note: str = ""                             # manual download / availability remarks shown by `prepare`
   group: str = ""                            # VTAB-1k group: 'natural' | 'specialized' | 'structured'
   task: str = "classification"               # what is learned from it (a `vit_adapt.tasks` name)
+  # config.dataset fields this dataset's protocol sets in `config_lib.make_config` ((key, value) pairs; the
+  # schema's defaults are VTAB-1k's, so VTAB tasks set none). Config files and overrides still win.
+  config_defaults: tuple[tuple[str, Any], ...] = ()
 
   @property
   def split_names(self) -> tuple[str, ...]:
@@ -110,8 +123,9 @@ class Dataset:
       raise UserError(f"task {self.name!r} has no split {split!r}; valid splits: {', '.join(self.split_names)} "
                       "(config.dataset.split / config.dataset.eval_split).")
     if table[split] is None or self.tfds_name is None:
-      raise UserError(f"task {self.name!r} is not available in tensorflow_datasets 4.9.10; use the image-folder "
-                      "source (config.dataset.source='folder', config.dataset.root=...).")
+      raise UserError(f"task {self.name!r} is not available in tensorflow_datasets 4.9.10 with its protocol's "
+                      "splits; use the image-folder source (config.dataset.source='folder', "
+                      f"config.dataset.root=...). {self.note}".rstrip())
     return table[split]
 
   def check_split(self, split: str) -> str:
@@ -176,10 +190,14 @@ _VTAB = [
 def _complete(name: str, tfds_name: str | None, num_classes: int, *, train: str | None = "train",
               test: str | None = "test", **kw) -> Dataset:
   return Dataset(name=name, kind="complete", num_classes=num_classes, tfds_name=tfds_name,
-              splits=(("train", train), ("test", test)), folder=name, default_augment="inception_crop", **kw)
+              splits=(("train", train), ("test", test)), folder=name, default_augment="inception_crop",
+              # Only the split pair: the augmentation of a complete-dataset recipe is the method's (e.g. the
+              # `complete` switch of configs/dyt_vtab.py); `default_augment` records what the papers use.
+              config_defaults=(("split", "train"), ("eval_split", "test")), **kw)
 
 
 _COMPLETE = [
+    _complete("cifar10", "cifar10:3.*.*", 10),
     _complete("cifar100", "cifar100:3.*.*", 100),
     _complete("svhn", "svhn_cropped:3.*.*", 10),
     # tfds calls Food-101's official test set `validation`.
@@ -196,12 +214,40 @@ _COMPLETE = [
               "<root>/fgvc_aircraft/{train,test}.txt (lines `relative/path label`, 100 variant classes)."),
 ]
 
+_FGVC_NOTE = ("VPT's FGVC release, image-folder source only: <root>/{folder}/ with train.json, val.json, test.json "
+              "(JSON objects relative/path -> label, paths relative to {where}); set config.dataset.source='folder' "
+              "and config.dataset.root (the folder holding {folder}/, or that folder itself).")
+
+
+def _fgvc(name: str, num_classes: int, folder: str, image_dir: str = "") -> Dataset:
+  """An FGVC dataset in VPT's layout. tfds has four of the five, but not VPT's train/val split of the official
+  train set, so only the folder source serves them (tfds_name None; see docs/data.md)."""
+  where = f"{folder}/{image_dir}/" if image_dir else f"{folder}/"
+  return Dataset(name=f"fgvc/{name}", kind="fgvc", num_classes=num_classes, tfds_name=None,
+                 splits=tuple((s, None) for s in FGVC_SPLITS), folder=folder, image_dir=image_dir,
+                 default_augment="vpt_crop", note=_FGVC_NOTE.format(folder=folder, where=where),
+                 config_defaults=(("source", "folder"), ("split", "train+val"), ("eval_split", "test"),
+                                  ("augment", "vpt_crop"), ("normalization", "imagenet")))
+
+
+# Folder names and image directories of VPT's release (its DATA.DATAPATH folders and `get_imagedir`): CUB and
+# NABirds keep images under images/, Stanford Dogs under Images/, Flowers and Cars at the folder's top level.
+_FGVC = [
+    _fgvc("cub", 200, "CUB_200_2011", "images"),
+    _fgvc("nabirds", 555, "nabirds", "images"),
+    _fgvc("oxford_flowers", 102, "OxfordFlower"),
+    _fgvc("stanford_dogs", 120, "Stanford-dogs", "Images"),
+    _fgvc("stanford_cars", 196, "Stanford-cars"),
+]
+FGVC = tuple(t.name for t in _FGVC)
+
 _DEMO = [
     Dataset(name="demo/digits", kind="demo", num_classes=10, tfds_name=None, splits=(("train", None), ("test", None)),
-         folder=None, note="scikit-learn's load_digits (1797 8x8 images), embedded; no download."),
+         folder=None, note="scikit-learn's load_digits (1797 8x8 images), embedded; no download.",
+         config_defaults=(("split", "train"), ("eval_split", "test"))),
 ]
 
-_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_DEMO)}
+_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_FGVC, *_DEMO)}
 
 # The 19 VTAB-1k tasks in the canonical order of the papers' tables, and their groups in that order.
 VTAB_1K = tuple(t.name for t in _VTAB)

@@ -115,7 +115,7 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
   seed_pi = host_seed(seed, pi)
   size, augment = int(config.model.image_size), config.dataset.augment
   ds = shard.map(transforms.Load(sources.num_classes(config, task), task.channel_fix))
-  if augment != "inception_crop":  # crops need the full image; otherwise resize once, before any randomness
+  if augment not in transforms.CROP_AUGMENTS:  # crops need the full image; else resize once, before randomness
     ds = ds.map(transforms.Resize(size))
     if len(shard) * size * size * 3 <= config.dataset.get("cache_mb", 4096) * 2**20:
       ds = grain.MapDataset.source(_LazyCache(ds))

@@ -20,8 +20,13 @@ from vit_adapt.errors import UserError
 
 # Training augmentations by config name (`config.dataset.augment`) and the evaluation transform paired with each:
 # the VTAB-1k protocol resizes the whole image (aspect not kept) and does not augment; the full-dataset recipes
-# train on Inception-style random resized crops and evaluate on a resize-256 / centre-crop-224 view.
-AUGMENTS = ("none", "flip", "inception_crop")
+# train on Inception-style random resized crops, VPT's FGVC recipe on random S x S crops of the image resized to
+# shorter side 256/224 S ('vpt_crop'), and both evaluate on a resize-256 / centre-crop-224 view.
+AUGMENTS = ("none", "flip", "inception_crop", "vpt_crop")
+# The augmentations that crop the full decoded image themselves (no whole-image resize before them).
+CROP_AUGMENTS = ("inception_crop", "vpt_crop")
+# Shorter side : crop side of the crop recipes (256 / 224, the ImageNet convention).
+CROP_FRACTION = 224 / 256
 
 
 def _channel_fix(image: np.ndarray, fix: str) -> np.ndarray:
@@ -87,6 +92,15 @@ def inception_crop_box(height: int, width: int, rng: np.random.Generator, scale=
   return (height - h) // 2, (width - w) // 2, h, w
 
 
+def vpt_crop_box(height: int, width: int, rng: np.random.Generator,
+                 crop_fraction: float = CROP_FRACTION) -> tuple[int, int, int, int]:
+  """VPT's FGVC training crop (torchvision Resize(256) + RandomCrop(224)) as a box (top, left, side, side) of the
+  original image: the square of side crop_fraction x the shorter side at a uniform position. Cropping the box and
+  resizing it to (S, S) equals resizing the shorter side to S / crop_fraction and cropping S x S, in one resize."""
+  side = max(1, min(height, width, int(round(min(height, width) * crop_fraction))))
+  return int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1)), side, side
+
+
 @dataclasses.dataclass(frozen=True)
 class Resize:
   """Loaded record -> (S, S, 3) uint8, whole image, aspect not kept (VTAB). Deterministic, hence cacheable."""
@@ -101,8 +115,8 @@ class Resize:
 class Augment:
   """The random part of training preprocessing (a grain `random_map` callable).
 
-  'flip' expects records already resized (`Resize`); 'inception_crop' takes the full decoded image and crops and
-  resizes it to (S, S) itself, then flips.
+  'flip' expects records already resized (`Resize`); the crops ('inception_crop', 'vpt_crop') take the full
+  decoded image and crop and resize it to (S, S) themselves, then flip.
   """
 
   size: int
@@ -110,9 +124,9 @@ class Augment:
 
   def __call__(self, record: dict, rng: np.random.Generator) -> dict:
     image = record["image"]
-    if self.augment == "inception_crop":
-      box = inception_crop_box(image.shape[0], image.shape[1], rng)
-      image = images.resized_crop(image, box, self.size)
+    if self.augment in CROP_AUGMENTS:
+      box_fn = inception_crop_box if self.augment == "inception_crop" else vpt_crop_box
+      image = images.resized_crop(image, box_fn(image.shape[0], image.shape[1], rng), self.size)
     if rng.random() < 0.5:
       image = image[:, ::-1]
     return {**record, "image": np.ascontiguousarray(image)}
@@ -127,8 +141,8 @@ class EvalTransform:
 
   def __call__(self, record: dict) -> dict:
     image = record["image"]
-    if self.augment == "inception_crop":
-      image = images.resize_center_crop(image, self.size)
+    if self.augment in CROP_AUGMENTS:
+      image = images.resize_center_crop(image, self.size, CROP_FRACTION)
     else:
       image = images.resize(image, self.size)
     return {**record, "image": image}

@@ -254,18 +254,17 @@ def _evaluate(head_model, method, task, params_stacked, feats, labels, batch_siz
   """The trainer's masked evaluation (`train.evaluate`) per run, over padded batches of eval features."""
   step = jax.jit(jax.vmap(evaluate.make_eval_step(head_model, method, task), in_axes=(0, None)))
   n = len(labels)
-  totals: dict[str, np.ndarray] = {}
+  totals: dict[str, np.ndarray] = {}  # each sum with a leading runs axis (scalars: (runs,), per class: (runs, C))
   for start in range(0, n, batch_size):
     f, lab = feats[start:start + batch_size], labels[start:start + batch_size]
     pad = batch_size - len(lab)
     mask = np.concatenate([np.ones(len(lab), bool), np.zeros(pad, bool)])
     f = np.concatenate([f, np.zeros((pad,) + f.shape[1:], f.dtype)])
     lab = np.concatenate([lab, np.zeros(pad, lab.dtype)])
-    sums = jax.device_get(step({"params": params_stacked}, {"image": f, "label": lab, "mask": mask}))
-    for k, v in sums.items():
-      totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64)
+    batch = {"image": f, "label": lab, "mask": mask}
+    evaluate.accumulate(totals, jax.device_get(step({"params": params_stacked}, batch)))
   runs = len(totals["count"])
-  return [evaluate.summarize(task, {k: float(v[i]) for k, v in totals.items()}) for i in range(runs)]
+  return [evaluate.summarize(task, {k: v[i] for k, v in totals.items()}) for i in range(runs)]
 
 
 def train_group(specs: list[dict], gdir: str) -> list[dict]:

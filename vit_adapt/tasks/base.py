@@ -10,7 +10,8 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
   loss        `targets(batch, num_classes)` and `loss(logits, targets)`: the task loss that a method's loss adds
               its own terms to (it reaches methods as `LossInputs.task_loss`)
   metrics     `train_metrics(logits, batch)`, and for evaluation `eval_sums(logits, batch)` (masked sums of one
-              padded batch, with 'count') and `summarize(totals)` -> {'loss', <primary metric>, ...}
+              padded batch, with 'count'; a sum may be an array, e.g. per-class counts, summed elementwise) and
+              `summarize(totals)` -> {'loss', <primary metric>, ...}: scalars only (they go to the metric writers)
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).

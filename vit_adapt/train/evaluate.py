@@ -1,7 +1,8 @@
 """Evaluation over padded, masked batches: the task's metrics and the method's per-example statistics.
 
 The pipeline pads the last batch to the static batch shape and marks real examples with `mask`; every sum here
-is masked, so padding never counts. Sums are accumulated on the host in float64 and divided once at the end.
+is masked, so padding never counts. Sums are accumulated on the host in float64 and divided once at the end; a sum
+may be an array (e.g. per-class counts), accumulated elementwise, and scalar sums reach the task as Python floats.
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ def make_eval_step(model, method, task) -> Callable:
   return eval_step
 
 
+def accumulate(totals: dict, sums: dict) -> dict:
+  """totals += one batch's sums (host values), elementwise in float64; returns `totals`."""
+  for k, v in sums.items():
+    v = np.asarray(v, np.float64)
+    totals[k] = totals[k] + v if k in totals else v
+  return totals
+
+
 def summarize(task, totals: dict) -> dict:
   """Host totals -> the task's metrics + {'stats': the method's statistics averaged over the examples}."""
+  totals = {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64) for k, v in totals.items()}
   count = totals.get("count", 0.0)
   stats = {k.split("/", 1)[1]: v / count for k, v in totals.items() if k.startswith("stat/")} if count else {}
   return {**task.summarize({k: v for k, v in totals.items() if not k.startswith("stat/")}), "stats": stats}
@@ -48,9 +58,8 @@ class Evaluator:
                          out_shardings=repl)
 
   def __call__(self, variables, batches: Iterable[dict]) -> dict:
-    totals: dict[str, float] = {}
+    totals: dict[str, np.ndarray] = {}
     for batch in batches:
       sums = self._step(variables, mesh_lib.global_batch(batch, self._data))
-      for k, v in jax.device_get(sums).items():
-        totals[k] = totals.get(k, 0.0) + float(np.asarray(v, np.float64))
+      accumulate(totals, jax.device_get(sums))
     return summarize(self._task, totals)
