@@ -25,6 +25,11 @@ weight decay 0, batch 512, peak lr 5e-4, 20 warmup epochs then cosine to 0 at ep
 bicubic) + flip for training, resize 256 / centre crop 224 for evaluation, Mixup 0.8 / CutMix 1.0 with label
 smoothing 0.1. (The official loop starts at lr 0.2 x epoch/20 and overrides the peak to 5e-4 from epoch 4 on; we
 run the 5e-4 schedule from the start, and in float32 instead of fp16 autocast.)
+Batch: the official `--batch_size 512` is per GPU (main_image.py: effective batch = 512 x GPUs x accum_iter; the
+release does not say how many GPUs). Here `train.batch_size` is the global batch = per-device batch x devices:
+the recipe sets 512, the official per-GPU batch on one device; on N devices pass
+`--config.train.batch_size=$((512 * N))` to keep 512 per device. Like the official training loader
+(`drop_last=True`), an epoch counts only full batches (`train.keep_last_partial=False`).
 
 Importing a checkpoint trained with the official code (it used the released adapter; pass
 `--config.method.fuse_token=False` if it was trained without `--fuse_token`, the official script's default):
@@ -67,5 +72,7 @@ def get_config(arg=None):
   else:
     # The Google ViT-B/16 ImageNet-21k weights all four papers start from (README: "Get the weights").
     config.model.init = "weights/ViT-B_16.npz"
-    config.train.keep_last_partial = True
+    # VTAB-1k: the PEFT loaders keep the last partial batch (16 steps per epoch); the official complete-dataset
+    # loader drops it (drop_last=True).
+    config.train.keep_last_partial = not args["complete"]
   return config

@@ -155,3 +155,13 @@ def test_bfloat16_compute_keeps_float32_parameters_and_state(tiny_config, fast_c
   assert {x.dtype for x in jax.tree.leaves((new.params, new.opt_state)) if x.ndim} == {jnp.dtype("float32")}
   moved = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(trainable), jax.tree.leaves(new.params))]
   assert any(moved)
+
+
+def test_sparse_tuning_complete_recipe_keeps_the_official_batch_conventions():
+  """Complete datasets: 512 per device on one device, the last partial batch dropped (the official
+  drop_last=True); VTAB-1k keeps it (16 steps per epoch on 1000 images at batch 64)."""
+  _, complete = load_config_file("sparse_tuning_vtab", "task=cifar100,complete")
+  config_lib.validate(complete)
+  assert complete.train.batch_size == 512 and not complete.train.keep_last_partial
+  _, vtab = load_config_file("sparse_tuning_vtab", "task=vtab/dtd")
+  assert vtab.train.batch_size == 64 and vtab.train.keep_last_partial
