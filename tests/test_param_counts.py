@@ -61,3 +61,10 @@ def test_vpt(deep):
   n, c = counts("vpt", deep=deep, num_prompts=50)
   extra = (L if deep else 1) * c.num_prompts * D
   assert n == dict(trainable=extra + HEAD, frozen=BACKBONE_B16, total=BACKBONE_B16 + extra + HEAD)
+
+
+@pytest.mark.parametrize("r,expected", [(8, 165_996), (16, 313_548), (32, 608_652), (64, 1_198_860)])
+def test_dyt_trainable_without_head_matches_the_official_counts(r, expected):
+  """Adapters D*r*2 + r + D and a D->1 router per block (the spec's table of the official model)."""
+  got, _ = counts("dyt", bottleneck=r)
+  assert got["trainable"] - HEAD == expected == L * (2 * D * r + r + D) + L * (D + 1)
