@@ -4,6 +4,9 @@ r"""Accuracy vs average GMACs of trained models, by sweeping each method's budge
   python -m vit_adapt.curve --checkpoint=runs/met_dtd --checkpoint=runs/dyt_dtd --checkpoint=runs/st_dtd \
       --output=dtd_curve
 
+With `--runs=SWEEP_DIR --runs_key=method.rate_target` it adds one point per model trained in a sweep (the papers'
+protocol for DyT: one model per target rate), labelled apart from the knob swept on one model.
+
 For each checkpoint (a model directory or a training workdir) the method's knob (`Method.budget_knob`: MET's
 GMACs budget, DyT's capacity rate, Sparse-Tuning's keep rate) is set to each value of `--values` (default: the
 knob's own range) and the model is evaluated on `--split` (default: the config's eval split). Average GMACs come
@@ -16,11 +19,14 @@ Writes OUTPUT.csv (method, label, kind, knob, value, gmacs, accuracy, detail) an
 from __future__ import annotations
 
 import csv
+import glob
+import json
 import os
 from typing import Sequence
 
 from vit_adapt import cli
 from vit_adapt.errors import UserError
+from vit_adapt.train import results as results_lib
 
 FIELDS = ("method", "label", "kind", "knob", "value", "gmacs", "accuracy", "detail")
 
@@ -65,6 +71,35 @@ def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: st
   return [{"method": name, "label": label, "knob": knob.label, "detail": "", **r} for r in rows]
 
 
+def trained_points(directory: str, key: str = "") -> list[dict]:
+  """One point per finished training run under `directory` (a sweep): its average GMACs and top-1 from
+  `results.json`, and the value of the config field `key` (dotted, e.g. 'method.rate_target') from its
+  `config.json`. This is how the papers draw a curve: one model trained per setting (DyT's target rates),
+  beside a knob swept on one trained model."""
+  rows = []
+  for path in sorted(glob.glob(os.path.join(directory, "**", results_lib.RESULTS_FILE), recursive=True)):
+    run_dir = os.path.dirname(path)
+    try:
+      with open(path) as f:
+        results = json.load(f)
+      with open(os.path.join(run_dir, "config.json")) as f:
+        config = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f"cannot read the run in {run_dir} ({e}); --runs wants finished training workdirs.") from None
+    value = config
+    for part in (key.split(".") if key else ()):
+      if not isinstance(value, dict) or part not in value:
+        raise UserError(f"--runs_key={key!r}: {run_dir}/config.json has no field {key!r}.")
+      value = value[part]
+    rows.append({"method": results["method"], "label": f"{results['method']}: one model per {key or 'run'}",
+                 "kind": "trained", "knob": key, "value": float(value) if key else len(rows),
+                 "gmacs": float(results["gmacs_per_image"]), "accuracy": float(results["top1"]),
+                 "detail": os.path.relpath(run_dir, directory)})
+  if not rows:
+    raise UserError(f"--runs={directory}: no results.json below it (finished training runs).")
+  return rows
+
+
 def write_csv(rows: list[dict], path: str) -> None:
   with open(path, "w", newline="") as f:
     w = csv.DictWriter(f, fieldnames=FIELDS)
@@ -85,6 +120,13 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
     if sweep:
       ax.plot([r["gmacs"] for r in sweep], [100 * r["accuracy"] for r in sweep], "o-", color=color, ms=3.5,
               label=f"{label}: {sweep[0]['knob']}")
+    trained = sorted((r for r in rows if r["label"] == label and r["kind"] == "trained"), key=lambda r: r["gmacs"])
+    if trained:
+      ax.plot([r["gmacs"] for r in trained], [100 * r["accuracy"] for r in trained], "^--", color=color, ms=5,
+              label=label)
+      for r in trained:
+        ax.annotate(f"{r['value']:g}", (r["gmacs"], 100 * r["accuracy"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color=color)
     exits = sorted((r for r in rows if r["label"] == label and r["kind"] == "exit"), key=lambda r: r["gmacs"])
     if exits:
       ax.plot([r["gmacs"] for r in exits], [100 * r["accuracy"] for r in exits], "s:", color=color, ms=5,
@@ -104,7 +146,8 @@ def plot(rows: list[dict], path: str, title: str = "") -> None:
 
 
 def run(checkpoints: Sequence[str], output: str, *, values: Sequence[float] = (), split: str = "",
-        calib_split: str = "", batch_size: int = 256, labels: Sequence[str] = (), title: str = "") -> list[dict]:
+        calib_split: str = "", batch_size: int = 256, labels: Sequence[str] = (), title: str = "",
+        runs: Sequence[str] = (), runs_key: str = "") -> list[dict]:
   if labels and len(labels) != len(checkpoints):
     raise UserError(f"--label was given {len(labels)} times for {len(checkpoints)} checkpoints; give one per "
                     "--checkpoint or none.")
@@ -112,6 +155,8 @@ def run(checkpoints: Sequence[str], output: str, *, values: Sequence[float] = ()
   for i, ckpt in enumerate(checkpoints):
     rows += sweep_checkpoint(ckpt, values=values, split=split, calib_split=calib_split, batch_size=batch_size,
                              label=labels[i] if labels else "")
+  for directory in runs:
+    rows += trained_points(directory, runs_key)
   directory = os.path.dirname(os.path.abspath(output))
   os.makedirs(directory, exist_ok=True)
   write_csv(rows, output + ".csv")
@@ -132,14 +177,16 @@ def main(argv):
   fl = flags.FLAGS
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
-  if not fl.checkpoint:
-    raise UserError("give at least one --checkpoint=DIR (a model directory or a training workdir).")
+  if not fl.checkpoint and not fl.runs:
+    raise UserError("give at least one --checkpoint=DIR (a model directory or a training workdir) or --runs=DIR "
+                    "(a sweep of trained runs).")
   try:
     values = tuple(float(v) for v in fl.values.split(",")) if fl.values else ()
   except ValueError:
     raise UserError(f"--values={fl.values!r}: give comma-separated numbers, e.g. 0.4,0.6,0.8,1.0") from None
-  rows = run(fl.checkpoint, fl.output, values=values, split=fl.split, calib_split=fl.calib_split,
-             batch_size=fl.batch_size, labels=fl.label or (), title=fl.title)
+  rows = run(fl.checkpoint or (), fl.output, values=values, split=fl.split, calib_split=fl.calib_split,
+             batch_size=fl.batch_size, labels=fl.label or (), title=fl.title, runs=fl.runs or (),
+             runs_key=fl.runs_key)
   print(format_rows(rows))
   print(f"wrote {fl.output}.csv and {fl.output}.png")
 
@@ -155,4 +202,8 @@ if __name__ == "__main__":
                       "else the training split).")
   flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
   flags.DEFINE_string("title", "", "Plot title.")
+  flags.DEFINE_multi_string("runs", None, "A sweep directory of finished runs: one point per trained model "
+                            "(repeatable), e.g. DyT trained per method.rate_target.")
+  flags.DEFINE_string("runs_key", "", "The config field that tells the --runs points apart (dotted), e.g. "
+                      "method.rate_target.")
   cli.run(main)
