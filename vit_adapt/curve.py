@@ -4,7 +4,7 @@ r"""Accuracy vs average GMACs of trained models, by sweeping each method's budge
   python -m vit_adapt.curve --checkpoint=runs/met_dtd --checkpoint=runs/dyt_dtd --checkpoint=runs/st_dtd \
       --output=dtd_curve
 
-With `--runs=SWEEP_DIR --runs_key=method.rate_target` it adds one point per model trained in a sweep (the papers'
+With `--runs=SWEEP_DIR --runs_key=method.target_rate` it adds one point per model trained in a sweep (the papers'
 protocol for DyT: one model per target rate), labelled apart from the knob swept on one model.
 
 For each checkpoint (a model directory or a training workdir) the method's knob (`Method.budget_knob`: MET's
@@ -73,7 +73,7 @@ def sweep_checkpoint(checkpoint: str, *, values: Sequence[float] = (), split: st
 
 def trained_points(directory: str, key: str = "") -> list[dict]:
   """One point per finished training run under `directory` (a sweep): its average GMACs and top-1 from
-  `results.json`, and the value of the config field `key` (dotted, e.g. 'method.rate_target') from its
+  `results.json`, and the value of the config field `key` (dotted, e.g. 'method.target_rate') from its
   `config.json`. This is how the papers draw a curve: one model trained per setting (DyT's target rates),
   beside a knob swept on one trained model."""
   rows = []
@@ -203,7 +203,7 @@ if __name__ == "__main__":
   flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
   flags.DEFINE_string("title", "", "Plot title.")
   flags.DEFINE_multi_string("runs", None, "A sweep directory of finished runs: one point per trained model "
-                            "(repeatable), e.g. DyT trained per method.rate_target.")
+                            "(repeatable), e.g. DyT trained per method.target_rate.")
   flags.DEFINE_string("runs_key", "", "The config field that tells the --runs points apart (dotted), e.g. "
-                      "method.rate_target.")
+                      "method.target_rate.")
   cli.run(main)
