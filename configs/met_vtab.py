@@ -14,9 +14,14 @@ Train, calibrate the exit thresholds for a budget, sweep the accuracy-vs-GMACs c
   python -m vit_adapt.met_calibrate --checkpoint=runs/met/dtd --budget=0.6
   python -m vit_adapt.curve --checkpoint=runs/met/dtd --output=runs/met/dtd/curve
 
-For thresholds from data the model has not trained on, train on train800 first
-(`--config.dataset.split=train800 --config.dataset.eval_split=val200`), calibrate on val200, and copy
-`config.method.thresholds` into the train800val200 run (met_calibrate records which split it used).
+The calibration split must be held out from the training split: val200 is part of train800val200, so the run
+above calibrates on data it trained on (over-confident thresholds; met_calibrate prints a `warning:` line and
+records it, and `--require_held_out` refuses). The held-out protocol: train on train800, calibrate on val200
+(met_calibrate's default for VTAB-1k), then copy `config.method.thresholds` into the train800val200 run if wanted:
+
+  python -m vit_adapt.main --config=configs/met_vtab.py:task=vtab/dtd --config.model.init=weights/ViT-B_16.npz \
+      --config.dataset.split=train800 --config.dataset.eval_split=val200 --workdir=runs/met/dtd_train800
+  python -m vit_adapt.met_calibrate --checkpoint=runs/met/dtd_train800 --budget=0.6 --require_held_out
 
 Demo (embedded digits, random-init frozen Ti/4 backbone with 4 blocks at 16 px, 20 epochs = 440 steps of batch 64,
 see vit_adapt/config_lib.py: apply_demo; exits after blocks 1-4, see get_config; CPU):
@@ -24,9 +29,10 @@ see vit_adapt/config_lib.py: apply_demo; exits after blocks 1-4, see get_config;
   python -m vit_adapt.main --config=configs/met_vtab.py:demo --workdir=/tmp/met_demo
 
 ends printing {"task": "demo/digits", "method": "met", "top1": ..., "trainable_params": ..., "gmacs_per_image":
-..., "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ..., "exit": ..., "gmacs": ...}
-(the last exit: no thresholds are calibrated yet; `exit`, the mean zero-based exit index, and `gmacs` are the
-method's evaluation statistics); `python experiments/demo_table.py --methods=met` measured top-1 73.9%, 22,604
+..., "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ..., "exit": ..., "gmacs": ...,
+"exit_top1": [...]} (`top1` is the last exit's: no thresholds are calibrated yet; `exit`, the mean zero-based exit
+index, `gmacs` and `exit_top1`, each exit's own top-1 with the first exit first, are the method's evaluation
+statistics); `python experiments/demo_table.py --methods=met` measured top-1 73.9%, 22,604
 trainable parameters, 0.0309 GMACs per image. Then
 
   python -m vit_adapt.met_calibrate --checkpoint=/tmp/met_demo --budget=0.6

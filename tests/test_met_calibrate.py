@@ -1,5 +1,12 @@
 """MET threshold calibration: exact exit distributions, GMACs budgets, thresholds saved into the model directory."""
 
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -82,3 +89,57 @@ def test_calibration_errors(model_dir):
   table = met_calibrate.calibrate(model_dir, split="test", q=0.5, confidence="entropy", write=False)
   assert table["confidence"] == "entropy" and len(table["thresholds"]) == 3
   assert all(t <= 0 for t in table["thresholds"])  # minus an entropy
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The calibration split against the training split, through the command line.
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args):
+  env = {**os.environ, "PYTHONPATH": _ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
+  return subprocess.run([sys.executable, "-m", "vit_adapt.met_calibrate", *args], capture_output=True, text=True,
+                        env=env, cwd=_ROOT, timeout=600)
+
+
+def test_training_splits():
+  assert {"train800", "val200"} <= met_calibrate.training_splits("train800val200")
+  assert "val200" not in met_calibrate.training_splits("train800")
+  assert {"train", "val"} <= met_calibrate.training_splits("train+val")
+  assert met_calibrate.training_data_warning("test", "train") == ""
+  assert "inside the training split" in met_calibrate.training_data_warning("val200", "train800val200")
+  # The held-out protocol of configs/met_vtab.py: train on train800, evaluate/calibrate on val200.
+  spec = importlib.util.spec_from_file_location("met_vtab", os.path.join(_ROOT, "configs", "met_vtab.py"))
+  met_vtab = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(met_vtab)
+  c = met_vtab.get_config("task=vtab/dtd")
+  c.dataset.update(split="train800", eval_split="val200")
+  config_lib.validate(c)
+  assert met_calibrate.default_split(c) == "val200"
+  assert met_calibrate.training_data_warning(met_calibrate.default_split(c), c.dataset.split) == ""
+
+
+def test_cli_warns_or_refuses_a_calibration_split_the_model_trained_on(model_dir, tmp_path):
+  d = str(tmp_path / "model")
+  shutil.copytree(model_dir, d)  # the demo model trained on 'train', the default calibration split outside VTAB
+  r = _cli(f"--checkpoint={d}", "--budget=0.6", "--require_held_out")
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "error: " in r.stderr and "inside the training split 'train'" in r.stderr and "--split" in r.stderr
+  before = open(os.path.join(d, "config.json")).read()
+
+  r = _cli(f"--checkpoint={d}", "--budget=0.6")
+  assert r.returncode == 0, r.stderr[-2000:]
+  warnings = [line for line in r.stdout.splitlines() if line.startswith("warning: ")]
+  assert len(warnings) == 1 and "'train'" in warnings[0] and "val200" in warnings[0]
+  after = open(os.path.join(d, "config.json")).read()
+  assert after != before
+  record = json.loads(after)["method"]["calibration"]
+  assert "; warning: calibrating on 'train'" in record
+  assert json.load(open(os.path.join(d, "calibration.json")))["warning"]
+
+  r = _cli(f"--checkpoint={d}", "--budget=0.6", "--split=test", "--require_held_out")
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert not [line for line in r.stdout.splitlines() if line.startswith("warning")]  # (the replaced record has one)
+  assert "warning" not in json.load(open(os.path.join(d, "config.json")))["method"]["calibration"]

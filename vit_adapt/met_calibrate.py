@@ -22,9 +22,11 @@ def main(argv):
     raise UserError(f"--distribution={flags_.distribution!r}: give comma-separated numbers, e.g. 0.4,0.3,0.2,0.1,0")
   table = calibrate(flags_.checkpoint, split=flags_.split, budget=flags_.budget, gmacs=flags_.gmacs, q=flags_.q,
                     distribution=dist, confidence=flags_.confidence, batch_size=flags_.batch_size,
-                    write=not flags_.dry_run)
+                    write=not flags_.dry_run, require_held_out=flags_.require_held_out)
   print(format_table(table, table["exits"], table["exit_gmacs"][-1]))
   print(table["record"])
+  if table["warning"]:  # last, where it is seen
+    print(f"warning: {table['warning']}")
   if not flags_.dry_run:
     print(f"wrote config.method.thresholds to {table['model_dir']}/config.json")
 
@@ -41,4 +43,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("confidence", "", "max_softmax | entropy (default: the model's config).")
   flags.DEFINE_integer("batch_size", 256, "Evaluation batch size.")
   flags.DEFINE_bool("dry_run", False, "Print the table without writing the thresholds.")
+  flags.DEFINE_bool("require_held_out", False, "Refuse (exit 2) a calibration split that is part of the model's "
+                    "training split (default: calibrate anyway, with a warning).")
   cli.run(main)

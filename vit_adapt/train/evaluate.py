@@ -2,7 +2,8 @@
 
 The pipeline pads the last batch to the static batch shape and marks real examples with `mask`; every sum here
 is masked, so padding never counts. Sums are accumulated on the host in float64 and divided once at the end; a sum
-may be an array (e.g. per-class counts), accumulated elementwise, and scalar sums reach the task as Python floats.
+may be an array (e.g. per-class counts, or a method statistic with K values per example such as MET's per-exit
+correctness), accumulated elementwise, and scalar sums reach the task as Python floats.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ def make_eval_step(model, method, task) -> Callable:
   def eval_step(variables, batch):
     logits, out = model.apply(variables, task.model_input(batch), train=False)
     sums = dict(task.eval_sums(logits, batch))
-    if method.eval_stats is not None:
-      mask = batch["mask"].astype(jnp.float32)
-      for name, value in method.eval_stats(logits, out).items():
-        sums[f"stat/{name}"] = jnp.sum(jnp.asarray(value, jnp.float32) * mask)
+    stats = dict(method.eval_stats(logits, out)) if method.eval_stats is not None else {}
+    if method.eval_target_stats is not None:
+      stats.update(method.eval_target_stats(logits, out, task.targets(batch, logits.shape[-1])))
+    mask = batch["mask"].astype(jnp.float32)
+    for name, value in stats.items():
+      # (B,) -> a scalar sum; (B, K) -> K sums: the masked sum over the batch axis only.
+      sums[f"stat/{name}"] = jnp.tensordot(mask, jnp.asarray(value, jnp.float32), axes=1)
     return sums
 
   return eval_step

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
+
 RESULTS_FILE = "results.json"
 
 
@@ -30,7 +32,7 @@ def build(config, method, task, *, evaluation: dict, num_train: int, steps: int,
           efficiency: dict, num_devices: int, wall_time_s: float, **extra) -> dict:
   """The results of one run. `evaluation` is the evaluator's result on `config.dataset.eval_split` (the task's
   metrics and the method's `stats`); the method's statistics follow the fixed fields (a statistic whose name
-  is taken gets an `eval_` prefix) and `method_stats` lists their keys. `extra` adds fields (e.g. how a sweep
+  is taken gets an `eval_` prefix; a vector statistic becomes a list) and `method_stats` lists their keys. `extra` adds fields (e.g. how a sweep
   shared the work)."""
   metrics = {k: v for k, v in evaluation.items() if k not in ("stats", "loss", "num_examples")}
   results = {
@@ -48,7 +50,8 @@ def build(config, method, task, *, evaluation: dict, num_train: int, steps: int,
   stat_keys = []
   for name, value in evaluation.get("stats", {}).items():
     key = name if name not in results else f"eval_{name}"
-    results[key] = value
+    # A statistic with K values per example (e.g. MET's `exit_top1`) is a list, in the method's order.
+    results[key] = [float(v) for v in value] if np.ndim(value) else value
     stat_keys.append(key)
   results["method_stats"] = stat_keys
   return results

@@ -34,13 +34,27 @@ class JsonlWriter(metric_writers.MetricWriter):
   def close(self): pass
 
 
+class _ScalarWriter(metric_writers.MultiWriter):
+  """Writes a vector value (e.g. MET's per-exit `stats/exit_top1`) as one scalar per element, `name/k`: TensorBoard
+  and `metrics.jsonl` take scalars only, and the training loop stays unaware of which statistics are vectors."""
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+    flat = {}
+    for k, v in scalars.items():
+      if np.ndim(v):
+        flat.update({f"{k}/{i}": x for i, x in enumerate(np.ravel(np.asarray(v)))})
+      else:
+        flat[k] = v
+    super().write_scalars(step, flat)
+
+
 def create_writer(workdir: str) -> metric_writers.MetricWriter:
   """TensorBoard events + console (clu's default writer) and `metrics.jsonl`, on the first process only."""
   lead = jax.process_index() == 0
   writers = [metric_writers.create_default_writer(workdir, just_logging=not lead, asynchronous=False)]
   if lead:
     writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
-  return metric_writers.MultiWriter(writers)
+  return _ScalarWriter(writers)
 
 
 def _to_python(v):

@@ -11,6 +11,11 @@ distribution whose realised average cost meets a budget (`--budget` as a fractio
 or `--gmacs` absolute) -- is realised exactly on that split: exit k takes the N p_k most confident examples among
 those still running, and its threshold sits half-way between the last example it takes and the next one.
 
+Calibrating on data the model trained on (the default outside VTAB-1k, or val200 after training on
+train800val200) gives over-confident thresholds: the tool then prints a `warning:` line and records it in
+`config.method.calibration`; `--require_held_out` refuses such a split instead. The held-out protocol: train on
+`train800` (`--config.dataset.split=train800`), calibrate on `val200`.
+
 The thresholds go into the model directory's `config.json` (`config.method.thresholds`, plus a one-line
 `config.method.calibration` record) so `predict`, `efficiency` and the trainer's evaluation use them through
 the model's own inference path; `calibration.json` beside it holds the per-exit table printed here.
@@ -182,8 +187,9 @@ def format_table(table: dict, exits: Sequence[int], full_gmacs: float) -> str:
 
 def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: float = 0.0, q: float = 0.0,
               distribution: Sequence[float] = (), confidence: str = "", batch_size: int = 256,
-              write: bool = True) -> dict:
-  """Library form of the CLI; returns the per-exit table (plus 'split' and 'record')."""
+              write: bool = True, require_held_out: bool = False) -> dict:
+  """Library form of the CLI; returns the per-exit table (plus 'split', 'record' and 'warning': '' when the split
+  is held out from the training split). `require_held_out` refuses a split the model trained on."""
   model_dir = model_dir_lib.resolve_model_dir(checkpoint)
   config, model, method, variables = build.load_model_dir(model_dir)
   if config.method.name != "met":
@@ -197,9 +203,13 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
   if targets != 1:
     raise UserError("give exactly one target: --budget=FRACTION_OF_FULL_GMACS, --gmacs=G, --q=RATIO or "
                     "--distribution=P0,P1,...")
+  split = split or default_split(config)
+  warning = training_data_warning(split, config.dataset.split)
+  if warning and require_held_out:
+    raise UserError(f"{warning} --require_held_out refuses it: pass --split=SPLIT with a split the model did not "
+                    "train on, or retrain on a part of the data (configs/met_vtab.py: train800, then val200).")
   if config.method.get("calibration"):
     print(f"replacing the thresholds of: {config.method.calibration}")
-  split = split or default_split(config)
   conf, correct = exit_outputs(config, model, variables, split, batch_size=batch_size)
   costs = model.exit_gmacs
   if budget or gmacs:
@@ -215,9 +225,9 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
   table = exit_table(conf, correct, thresholds, costs)
   record = (f"{model.confidence} thresholds from {split!r} of {config.dataset.name} ({table['num_examples']} "
             f"examples), {what}: realised {table['avg_gmacs']:.4g} GMACs, accuracy {table['accuracy']:.4f}")
-  if split in _training_splits(config.dataset.split):
-    record += f"; note: {split!r} is part of the training split {config.dataset.split!r}"
-  table.update(split=split, record=record, confidence=model.confidence)
+  if warning:
+    record += f"; warning: {warning}"
+  table.update(split=split, record=record, confidence=model.confidence, warning=warning)
   if write:
     write_thresholds(model_dir, thresholds, model.confidence, record, table)
   table["model_dir"] = model_dir
@@ -225,5 +235,18 @@ def calibrate(checkpoint: str, *, split: str = "", budget: float = 0.0, gmacs: f
   return table
 
 
-def _training_splits(train_split: str) -> set[str]:
-  return {train_split} | ({"train800", "val200"} if train_split == "train800val200" else set())
+def training_splits(train_split: str) -> set[str]:
+  """The splits a model trained on `train_split` has seen: itself and its parts (train800val200 = train800 +
+  val200, FGVC's train+val = train + val)."""
+  parts = set(train_split.split("+")) | {train_split}
+  return parts | ({"train800", "val200"} if train_split == "train800val200" else set())
+
+
+def training_data_warning(split: str, train_split: str) -> str:
+  """'' when `split` is held out from `train_split`, else why thresholds from it are over-confident."""
+  if split not in training_splits(train_split):
+    return ""
+  return (f"calibrating on {split!r}, which is inside the training split {train_split!r}: the model has fitted "
+          "these examples, so its confidences are over-confident and the thresholds let too many examples leave "
+          "early (the realised budget and accuracy on new data differ from the ones printed here). For held-out "
+          "thresholds train on train800 and calibrate on val200 (configs/met_vtab.py).")
