@@ -2,11 +2,11 @@ r"""DyT (Dynamic Tuning) on a VTAB-1k task, or on a complete dataset with `compl
 
 VTAB-1k recipe (the official code, identical for all 19 tasks): ViT-B/16 ImageNet-21k (original) backbone at 224
 px, frozen; per block a token router (MLP dispatch, Gumbel-sigmoid tau 5, target activation rate r = 0.5) and a
-bottleneck-16 adapter (scale 1.0, dropout 0.1); the head (truncated normal std 0.01) trains too. Loss: CE + 2.0 x
-rate loss + the complete-model pass (CE + KL). AdamW lr 1e-3, weight decay 1e-4 (biases and head included),
-batch 64 keeping the last partial batch (16 steps/epoch), 100 epochs, 10 epochs of per-step linear warmup, cosine
-to 1e-5; train800val200 -> test, no augmentation, pixels in [-1, 1]. Reported: the final-epoch test accuracy (the
-official script picks the best epoch on the test set; we do not).
+bottleneck-16 adapter (scale 1.0, dropout 0.1); the head (timm's trunc_normal_ std 0.01, i.e. a plain normal)
+trains too. Loss: CE + 2.0 x rate loss + the complete-model pass (CE + KL). AdamW lr 1e-3, weight decay 1e-4 (biases
+and head included), batch 64 keeping the last partial batch (16 steps/epoch), 100 epochs, 10 epochs of per-step
+linear warmup, cosine to 1e-5; train800val200 -> test, no augmentation, pixels in [-1, 1]. Reported: the
+final-epoch test accuracy (the official script picks the best epoch on the test set; we do not).
 
   python -m vit_adapt.main --config=configs/dyt_vtab.py:task=vtab/dtd \
       --config.model.init=weights/ViT-B_16.npz --workdir=runs/dyt/dtd

@@ -88,7 +88,9 @@ TASKS.update(FGVC_TASKS)
 def get_config(arg=None):
   config, args = config_lib.make_config("synqt", arg, cache=False)
   config.model.drop_path = 0.1
-  config.model.head_init_std = 0.02  # ~ PyTorch's default Linear init of the official head (std 1/sqrt(3 D))
+  # ~ PyTorch's default Linear init of the official head, uniform(+-1/sqrt(D)) of std 1/sqrt(3 D) (0.0208 for B/16):
+  # the head init is timm's trunc_normal_ (a plain normal of this std, models/vit.py: timm_trunc_normal).
+  config.model.head_init_std = 0.02
   config.optim.update(lr=1e-3, min_lr=1e-6, wd=1e-2)
   if args["demo"]:
     config.method.update(num_queries=4, feat_scale=0.1, attn_scale=0.1, ffn_scale=0.1, cache_features="kv")

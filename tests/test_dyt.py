@@ -89,6 +89,18 @@ def test_capacity_mode_keeps_topk_per_image():
   np.testing.assert_allclose(out["activation_rate"], 0.25)
 
 
+def test_head_init_is_timm_trunc_normal():
+  """The head init is timm's trunc_normal_(std): std = the given std (flax's would give ~0.88 std), bounds +-2."""
+  k = vit.timm_trunc_normal(0.01)(jax.random.PRNGKey(0), (768, 1000))
+  assert abs(float(jnp.std(k)) - 0.01) < 2e-4, float(jnp.std(k))
+  assert float(jnp.abs(k).max()) <= 2.0
+  big = vit.timm_trunc_normal(1.0)(jax.random.PRNGKey(1), (512, 512))  # bounds bite at std 1: |k| <= 2 absolute
+  assert float(jnp.abs(big).max()) <= 2.0 and float(jnp.abs(big).max()) > 1.9
+  model, _ = make(num_classes=1000)
+  head = model.init(RNGS(0), images(b=1))["params"]["head"]
+  assert abs(float(jnp.std(head["kernel"])) - 0.01) < 5e-4 and float(jnp.abs(head["bias"]).max()) == 0.0
+
+
 def test_class_token_never_dropped():
   """With every patch token switched off, the class token still goes through the MLP (equals the dense block)."""
   x = images()
