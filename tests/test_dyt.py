@@ -48,11 +48,15 @@ def perturbed_params(model, x, seed=0, router_bias=0.0):
   return base.unflatten(flat)
 
 
-@pytest.mark.parametrize("dispatch", dyt.DISPATCHES)
-def test_threshold_equals_masked(dispatch):
+VARIANTS = [("mlp", "selected"), ("attention", "selected"), ("attention", "all"), ("attention_mlp", "selected"),
+            ("attention_mlp", "all"), ("layer", "selected")]
+
+
+@pytest.mark.parametrize("dispatch,keys", VARIANTS)
+def test_threshold_equals_masked(dispatch, keys):
   x = images()
-  masked, _ = make(dispatch=dispatch, inference="masked")
-  thresh, _ = make(dispatch=dispatch, inference="threshold")
+  masked, _ = make(dispatch=dispatch, inference="masked", attention_keys=keys)
+  thresh, _ = make(dispatch=dispatch, inference="threshold", attention_keys=keys)
   params = perturbed_params(masked, x)
   lm, om = jax.jit(masked.apply)({"params": params}, x)
   lt, ot = jax.jit(thresh.apply)({"params": params}, x)
@@ -87,6 +91,44 @@ def test_capacity_mode_keeps_topk_per_image():
   kth = np.sort(logits, axis=-1)[..., -4]
   np.testing.assert_array_equal(masks, (logits >= kth[..., None]).astype(np.float32))
   np.testing.assert_allclose(out["activation_rate"], 0.25)
+
+
+@pytest.mark.parametrize("dispatch,keys", VARIANTS)
+def test_capacity_equals_masked_on_its_mask(dispatch, keys, monkeypatch):
+  """The capacity path computes exactly what the masked path computes when given the capacity path's (top-k) masks."""
+  x = images()
+  cap, _ = make(dispatch=dispatch, inference="capacity", capacity_rate=0.5, attention_keys=keys)
+  params = perturbed_params(cap, x)
+  lc, oc = jax.jit(cap.apply)({"params": params}, x)
+  masks = oc["dyt_masks"]  # (B, depth, N-1)
+
+  def route(self, stream, train):  # block i of the masked model uses the capacity path's mask of block i
+    m = masks[:, int(self.name.split("_")[-1])]
+    return jnp.where(m > 0.5, 1.0, -1.0), m
+
+  masked, _ = make(dispatch=dispatch, inference="masked", attention_keys=keys)
+  monkeypatch.setattr(dyt.DyTBlock, "route", route)
+  lm, om = masked.apply({"params": params}, x)
+  np.testing.assert_allclose(lc, lm, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(oc["gmacs"], om["gmacs"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dispatch", ["attention", "attention_mlp"])
+def test_attention_keys_setting_matters(dispatch):
+  """'selected' (skipped tokens are no keys/values) and 'all' differ on mixed masks; at full activation (the
+  complete pass) they agree."""
+  x = images()
+  sel, _ = make(dispatch=dispatch, inference="masked", attention_keys="selected")
+  alk, _ = make(dispatch=dispatch, inference="masked", attention_keys="all")
+  params = perturbed_params(sel, x)
+  ls, os_ = sel.apply({"params": params}, x)
+  la, oa = alk.apply({"params": params}, x)
+  np.testing.assert_array_equal(os_["dyt_masks"][:, 0], oa["dyt_masks"][:, 0])
+  assert not np.allclose(ls, la, atol=1e-4)
+  assert np.all(np.asarray(os_["gmacs"]) <= np.asarray(oa["gmacs"]))
+  cs, _ = sel.apply({"params": params}, x, complete=True)
+  ca, _ = alk.apply({"params": params}, x, complete=True)
+  np.testing.assert_allclose(cs, ca, rtol=1e-5, atol=1e-5)
 
 
 def test_head_init_is_timm_trunc_normal():
@@ -257,6 +299,7 @@ def test_init_is_adapter_noop_and_half_active():
 
 def test_bad_config_is_user_error():
   from vit_adapt.errors import UserError
-  for bad in [dict(dispatch="token"), dict(inference="fast"), dict(capacity_rate=0.0), dict(num_buckets=9)]:
+  for bad in [dict(dispatch="token"), dict(inference="fast"), dict(capacity_rate=0.0), dict(num_buckets=9),
+              dict(attention_keys="some")]:
     with pytest.raises(UserError):
       make(**bad)
