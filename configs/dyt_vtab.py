@@ -26,7 +26,8 @@ flip, train -> test.
 Inference: `--config.method.inference=threshold` (default, exact, bucketed real savings) | capacity (per-image
 top-k, `capacity_rate`) | masked (reference). Other variants: `--config.method.dispatch=attention|attention_mlp|
 layer` (`--config.method.attention_keys=selected` (default: skipped tokens are no keys/values) | all), MoE adapter
-`--config.method.num_experts=4`.
+`--config.method.num_experts=4` (its gate reads `--config.method.moe_gate_input=block_input` (default) |
+adapter_input).
 
 Demo (embedded digits, random-init frozen Ti/4 backbone with 4 blocks at 16 px, 20 epochs = 440 steps of batch
 64, see vit_adapt/config_lib.py: apply_demo; adapter bottleneck 32, see get_config; CPU):

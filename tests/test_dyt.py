@@ -285,6 +285,23 @@ def test_moe_with_one_expert_equals_adapter():
   assert not np.allclose(y[0], y0[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("dispatch", ["mlp", "attention"])
+def test_moe_gate_input(dispatch):
+  """The MoE gate reads the mean block input or the mean adapter input: both build; they differ with several experts
+  (the two means differ) and agree with one (the softmax over one expert is 1)."""
+  x = images()
+  for experts, same in [(3, False), (1, True)]:
+    outs = []
+    for gate in dyt.MOE_GATE_INPUTS:
+      model, _ = make(dispatch=dispatch, num_experts=experts, moe_gate_input=gate)
+      params = perturbed_params(model, x, seed=1)
+      if experts > 1:  # a sharper gate so the mixture depends visibly on its input
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, v: v * 50.0 if "gate" in jax.tree_util.keystr(p) else v, params)
+      outs.append(jax.jit(model.apply)({"params": params}, x)[0])
+    assert np.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5) == same, experts
+
+
 def test_init_is_adapter_noop_and_half_active():
   x = images(b=8)
   model, _ = make()
@@ -300,6 +317,6 @@ def test_init_is_adapter_noop_and_half_active():
 def test_bad_config_is_user_error():
   from vit_adapt.errors import UserError
   for bad in [dict(dispatch="token"), dict(inference="fast"), dict(capacity_rate=0.0), dict(num_buckets=9),
-              dict(attention_keys="some")]:
+              dict(attention_keys="some"), dict(moe_gate_input="tokens")]:
     with pytest.raises(UserError):
       make(**bad)

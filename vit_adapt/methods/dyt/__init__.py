@@ -18,8 +18,10 @@ post-attention stream and are added at the end of the block.
 `layer` dispatch always uses the selected tokens only (the field is ignored there, and by `mlp` dispatch).
 
 MoE adapter (`num_experts` > 1, the paper's enhanced adapter whose code was never released; proposal): N full
-adapters, a per-image softmax router on the mean of the block's input tokens, and the experts' weights combined
-before use (compute of one adapter). N = 1 is exactly the plain adapter.
+adapters, a per-image softmax router on a mean token, and the experts' weights combined before use (compute of one
+adapter). N = 1 is exactly the plain adapter. `moe_gate_input` names the mean token: `block_input` (default, the
+spec's proposal: the mean of the block's input tokens) | `adapter_input` (the mean of the adapter's own input, the
+post-attention stream).
 
 Loss (`loss`): CE + rate_weight * (mean(masks) - target_rate)^2 (ONE global mean over batch x layers x patch tokens)
 + the complete-model pass (same weights, every token through the MLP): its CE + KL(p_complete (detached) || p_dyn).
@@ -57,6 +59,7 @@ from vit_adapt.models import tokens
 
 DISPATCHES = ("mlp", "attention", "attention_mlp", "layer")
 ATTENTION_KEYS = ("selected", "all")
+MOE_GATE_INPUTS = ("block_input", "adapter_input")
 INFERENCE = ("threshold", "capacity", "masked")
 
 
@@ -111,6 +114,7 @@ class DyTBlock(vit.Encoder1DBlock):
   capacity_rate: float = 0.5
   num_buckets: int = 8
   attention_keys: str = "selected"
+  moe_gate_input: str = "block_input"
 
   @property
   def keys_selected(self) -> bool:
@@ -140,7 +144,8 @@ class DyTBlock(vit.Encoder1DBlock):
   def adapt(self, x1, x_in, deterministic: bool):
     if self.num_experts == 1:
       return self.adapter(x1, deterministic=deterministic)
-    return self.adapter(x1, jnp.mean(x_in, axis=1), deterministic=deterministic)
+    gate_input = x_in if self.moe_gate_input == "block_input" else x1
+    return self.adapter(x1, jnp.mean(gate_input, axis=1), deterministic=deterministic)
 
   def attention_update(self, x, idx, valid, keys_all: bool):
     """Attention output (B, K, D) for the tokens `idx` (B, K) as queries; keys/values are all tokens
@@ -242,6 +247,7 @@ class DyTSettings(vit.EncoderSettings):
   capacity_rate: float
   num_buckets: int
   attention_keys: str
+  moe_gate_input: str
 
 
 class DyTEncoder(vit.Encoder):
@@ -314,7 +320,8 @@ def defaults():
   return ml_collections.ConfigDict(dict(
       name="dyt", bottleneck=16, scale=1.0, dropout=0.1, num_experts=1, dispatch="mlp", tau=5.0,
       target_rate=0.5, ce_weight=1.0, rate_weight=2.0, complete_pass=True, complete_ce_weight=1.0,
-      distill_weight=1.0, inference="threshold", capacity_rate=0.5, num_buckets=8, attention_keys="selected"))
+      distill_weight=1.0, inference="threshold", capacity_rate=0.5, num_buckets=8, attention_keys="selected",
+      moe_gate_input="block_input"))
 
 
 def model_kwargs(c, backbone) -> dict[str, Any]:
@@ -322,6 +329,8 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
     raise UserError(f"config.method.dispatch={c.dispatch!r}: use one of {', '.join(DISPATCHES)}.")
   if c.attention_keys not in ATTENTION_KEYS:
     raise UserError(f"config.method.attention_keys={c.attention_keys!r}: use one of {', '.join(ATTENTION_KEYS)}.")
+  if c.moe_gate_input not in MOE_GATE_INPUTS:
+    raise UserError(f"config.method.moe_gate_input={c.moe_gate_input!r}: use one of {', '.join(MOE_GATE_INPUTS)}.")
   if c.inference not in INFERENCE:
     raise UserError(f"config.method.inference={c.inference!r}: use one of {', '.join(INFERENCE)}.")
   if not 0.0 < c.capacity_rate <= 1.0:
@@ -334,7 +343,7 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
       bottleneck=int(c.bottleneck), adapter_scale=float(c.scale), adapter_dropout=float(c.dropout),
       num_experts=int(c.num_experts), dispatch=c.dispatch, tau=float(c.tau), inference=c.inference,
       capacity_rate=float(c.capacity_rate), num_buckets=int(c.num_buckets),
-      attention_keys=c.attention_keys)
+      attention_keys=c.attention_keys, moe_gate_input=c.moe_gate_input)
   return dict(encoder_cls=DyTEncoder, block_cls=DyTBlock, settings=settings)
 
 
