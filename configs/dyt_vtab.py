@@ -37,8 +37,8 @@ Demo (embedded digits, random-init frozen Ti/4 backbone with 4 blocks at 16 px, 
 prints {"task": "demo/digits", "method": "dyt", "top1": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ..., "activation_rate": ...,
 "gmacs": ...} (the last two: the method's evaluation statistics); `python experiments/demo_table.py
---methods=dyt` measured top-1 83.3%, 52,750 trainable parameters, 0.0239 GMACs per image (its results.json:
-activation rate 0.588; docs/dyt.md).
+--methods=dyt` measured top-1 83.9%, 52,750 trainable parameters, 0.0237 GMACs per image (its results.json:
+activation rate 0.581; docs/dyt.md).
 """
 
 from vit_adapt import config_lib

@@ -42,7 +42,7 @@ prints the cache size and build lines ("SynQT feature cache (kv, bfloat16): 1437
 "SynQT feature cache: 1437 examples computed, 0 reused"), then training progress, and ends with one JSON line
 {"task": "demo/digits", "method": "synqt", "top1": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ...}; `python
-experiments/demo_table.py --methods=synqt` measured top-1 69.4%, 234,639 trainable parameters, 0.0314 GMACs per
+experiments/demo_table.py --methods=synqt` measured top-1 69.7%, 234,639 trainable parameters, 0.0314 GMACs per
 image (the backbone is random: docs/synqt.md).
 """
 
