@@ -48,11 +48,15 @@ def perturbed_params(model, x, seed=0, router_bias=0.0):
   return base.unflatten(flat)
 
 
-@pytest.mark.parametrize("dispatch", dyt.DISPATCHES)
-def test_threshold_equals_masked(dispatch):
+VARIANTS = [("mlp", "selected"), ("attention", "selected"), ("attention", "all"), ("attention_mlp", "selected"),
+            ("attention_mlp", "all"), ("layer", "selected")]
+
+
+@pytest.mark.parametrize("dispatch,keys", VARIANTS)
+def test_threshold_equals_masked(dispatch, keys):
   x = images()
-  masked, _ = make(dispatch=dispatch, inference="masked")
-  thresh, _ = make(dispatch=dispatch, inference="threshold")
+  masked, _ = make(dispatch=dispatch, inference="masked", attention_keys=keys)
+  thresh, _ = make(dispatch=dispatch, inference="threshold", attention_keys=keys)
   params = perturbed_params(masked, x)
   lm, om = jax.jit(masked.apply)({"params": params}, x)
   lt, ot = jax.jit(thresh.apply)({"params": params}, x)
@@ -87,6 +91,56 @@ def test_capacity_mode_keeps_topk_per_image():
   kth = np.sort(logits, axis=-1)[..., -4]
   np.testing.assert_array_equal(masks, (logits >= kth[..., None]).astype(np.float32))
   np.testing.assert_allclose(out["activation_rate"], 0.25)
+
+
+@pytest.mark.parametrize("dispatch,keys", VARIANTS)
+def test_capacity_equals_masked_on_its_mask(dispatch, keys, monkeypatch):
+  """The capacity path computes exactly what the masked path computes when given the capacity path's (top-k) masks."""
+  x = images()
+  cap, _ = make(dispatch=dispatch, inference="capacity", capacity_rate=0.5, attention_keys=keys)
+  params = perturbed_params(cap, x)
+  lc, oc = jax.jit(cap.apply)({"params": params}, x)
+  masks = oc["dyt_masks"]  # (B, depth, N-1)
+
+  def route(self, stream, train):  # block i of the masked model uses the capacity path's mask of block i
+    m = masks[:, int(self.name.split("_")[-1])]
+    return jnp.where(m > 0.5, 1.0, -1.0), m
+
+  masked, _ = make(dispatch=dispatch, inference="masked", attention_keys=keys)
+  monkeypatch.setattr(dyt.DyTBlock, "route", route)
+  lm, om = masked.apply({"params": params}, x)
+  np.testing.assert_allclose(lc, lm, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(oc["gmacs"], om["gmacs"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("dispatch", ["attention", "attention_mlp"])
+def test_attention_keys_setting_matters(dispatch):
+  """'selected' (skipped tokens are no keys/values) and 'all' differ on mixed masks; at full activation (the
+  complete pass) they agree."""
+  x = images()
+  sel, _ = make(dispatch=dispatch, inference="masked", attention_keys="selected")
+  alk, _ = make(dispatch=dispatch, inference="masked", attention_keys="all")
+  params = perturbed_params(sel, x)
+  ls, os_ = sel.apply({"params": params}, x)
+  la, oa = alk.apply({"params": params}, x)
+  np.testing.assert_array_equal(os_["dyt_masks"][:, 0], oa["dyt_masks"][:, 0])
+  assert not np.allclose(ls, la, atol=1e-4)
+  assert np.all(np.asarray(os_["gmacs"]) <= np.asarray(oa["gmacs"]))
+  cs, _ = sel.apply({"params": params}, x, complete=True)
+  ca, _ = alk.apply({"params": params}, x, complete=True)
+  np.testing.assert_allclose(cs, ca, rtol=1e-5, atol=1e-5)
+
+
+def test_head_init_is_timm_trunc_normal():
+  """The head init is timm's trunc_normal_(std): std = the given std (flax's would give ~0.88 std), bounds +-2."""
+  k = vit.timm_trunc_normal(0.01)(jax.random.PRNGKey(0), (768, 1000))
+  assert abs(float(jnp.std(k)) - 0.01) < 2e-4, float(jnp.std(k))
+  assert float(jnp.abs(k).max()) <= 2.0
+  big = vit.timm_trunc_normal(1.0)(jax.random.PRNGKey(1), (512, 512))  # bounds bite at std 1: |k| <= 2 absolute
+  assert float(jnp.abs(big).max()) <= 2.0 and float(jnp.abs(big).max()) > 1.9
+  model, _ = make(num_classes=1000)
+  head = model.init(RNGS(0), images(b=1))["params"]["head"]
+  assert abs(float(jnp.std(head["kernel"])) - 0.01) < 5e-4 and float(jnp.abs(head["bias"]).max()) == 0.0
 
 
 def test_class_token_never_dropped():
@@ -231,6 +285,23 @@ def test_moe_with_one_expert_equals_adapter():
   assert not np.allclose(y[0], y0[0], atol=1e-4)
 
 
+@pytest.mark.parametrize("dispatch", ["mlp", "attention"])
+def test_moe_gate_input(dispatch):
+  """The MoE gate reads the mean block input or the mean adapter input: both build; they differ with several experts
+  (the two means differ) and agree with one (the softmax over one expert is 1)."""
+  x = images()
+  for experts, same in [(3, False), (1, True)]:
+    outs = []
+    for gate in dyt.MOE_GATE_INPUTS:
+      model, _ = make(dispatch=dispatch, num_experts=experts, moe_gate_input=gate)
+      params = perturbed_params(model, x, seed=1)
+      if experts > 1:  # a sharper gate so the mixture depends visibly on its input
+        params = jax.tree_util.tree_map_with_path(
+            lambda p, v: v * 50.0 if "gate" in jax.tree_util.keystr(p) else v, params)
+      outs.append(jax.jit(model.apply)({"params": params}, x)[0])
+    assert np.allclose(outs[0], outs[1], rtol=1e-5, atol=1e-5) == same, experts
+
+
 def test_init_is_adapter_noop_and_half_active():
   x = images(b=8)
   model, _ = make()
@@ -245,6 +316,7 @@ def test_init_is_adapter_noop_and_half_active():
 
 def test_bad_config_is_user_error():
   from vit_adapt.errors import UserError
-  for bad in [dict(dispatch="token"), dict(inference="fast"), dict(capacity_rate=0.0), dict(num_buckets=9)]:
+  for bad in [dict(dispatch="token"), dict(inference="fast"), dict(capacity_rate=0.0), dict(num_buckets=9),
+              dict(attention_keys="some"), dict(moe_gate_input="tokens")]:
     with pytest.raises(UserError):
       make(**bad)

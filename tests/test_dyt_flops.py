@@ -5,6 +5,8 @@ DyT r=16 with all tokens 17.640 G; with 98 of 196 patch tokens active in every l
 r=64 12.261). The compiled check lowers the real B/16 model with eval_shape'd parameters (compile only).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -50,6 +52,10 @@ def test_variants_count_less_when_fewer_tokens_and_dense_at_full():
     half = dyt_flops.block_macs(99, dispatch=d, bottleneck=16, **B16)
     assert half < full
     assert full == pytest.approx(dyt_flops.block_macs(197, dispatch="mlp", bottleneck=16, **B16))
+    # Skipped tokens as keys/values ('all') cost more than the selected tokens only (the default), same at full.
+    every = functools.partial(dyt_flops.block_macs, dispatch=d, bottleneck=16, attention_keys="all", **B16)
+    assert every(197) == pytest.approx(full)
+    assert (every(99) > half) == (d in ("attention", "attention_mlp"))
 
 
 def test_compiled_capacity_program_matches_paper_count():

@@ -7,14 +7,21 @@ Block (MLP dispatch, the official code's only variant), with x the residual stre
   x <- x + m * MLP(LN1(x)) + adapter(x)
 A skipped token still gets the attention update, stays a key/value and gets the adapter update.
 
-The paper's other dispatch positions (not in the official release; our proposal, see the spec): `attention`
-(the router reads the block input; a skipped token gets no attention update but stays a key/value),
-`attention_mlp` (one mask for both), `layer` (a skipped token passes the block unchanged except for the adapter and
-is not a key/value). Adapters always read the post-attention stream and are added at the end of the block.
+The paper's other dispatch positions (not in the official release; see the spec): `attention` (the router reads
+the block input; a skipped token gets no attention update), `attention_mlp` (one mask for both), `layer` (a skipped
+token passes the block unchanged except for the adapter and is not a key/value). Adapters always read the
+post-attention stream and are added at the end of the block.
+`attention_keys` says whether a skipped token stays a key/value of the attention variants:
+  selected (default)  the paper's Fig. 2 reading: the attention runs on the selected tokens only, a skipped token is
+                      neither a query nor a key/value (LN1 and q, k, v computed for the selected tokens only);
+  all                 the spec's earlier proposal: a skipped token is no query but stays a key/value of the others.
+`layer` dispatch always uses the selected tokens only (the field is ignored there, and by `mlp` dispatch).
 
 MoE adapter (`num_experts` > 1, the paper's enhanced adapter whose code was never released; proposal): N full
-adapters, a per-image softmax router on the mean of the block's input tokens, and the experts' weights combined
-before use (compute of one adapter). N = 1 is exactly the plain adapter.
+adapters, a per-image softmax router on a mean token, and the experts' weights combined before use (compute of one
+adapter). N = 1 is exactly the plain adapter. `moe_gate_input` names the mean token: `block_input` (default, the
+spec's proposal: the mean of the block's input tokens) | `adapter_input` (the mean of the adapter's own input, the
+post-attention stream).
 
 Loss (`loss`): CE + rate_weight * (mean(masks) - target_rate)^2 (ONE global mean over batch x layers x patch tokens)
 + the complete-model pass (same weights, every token through the MLP): its CE + KL(p_complete (detached) || p_dyn).
@@ -51,6 +58,8 @@ from vit_adapt.models.adapters import Adapter
 from vit_adapt.models import tokens
 
 DISPATCHES = ("mlp", "attention", "attention_mlp", "layer")
+ATTENTION_KEYS = ("selected", "all")
+MOE_GATE_INPUTS = ("block_input", "adapter_input")
 INFERENCE = ("threshold", "capacity", "masked")
 
 
@@ -104,6 +113,13 @@ class DyTBlock(vit.Encoder1DBlock):
   inference: str = "threshold"
   capacity_rate: float = 0.5
   num_buckets: int = 8
+  attention_keys: str = "selected"
+  moe_gate_input: str = "block_input"
+
+  @property
+  def keys_selected(self) -> bool:
+    """Whether the dispatched attention uses only the selected tokens as keys/values (see the module doc)."""
+    return self.dispatch == "layer" or (self.dispatch != "mlp" and self.attention_keys == "selected")
 
   def setup(self):
     super().setup()
@@ -128,11 +144,12 @@ class DyTBlock(vit.Encoder1DBlock):
   def adapt(self, x1, x_in, deterministic: bool):
     if self.num_experts == 1:
       return self.adapter(x1, deterministic=deterministic)
-    return self.adapter(x1, jnp.mean(x_in, axis=1), deterministic=deterministic)
+    gate_input = x_in if self.moe_gate_input == "block_input" else x1
+    return self.adapter(x1, jnp.mean(gate_input, axis=1), deterministic=deterministic)
 
   def attention_update(self, x, idx, valid, keys_all: bool):
     """Attention output (B, K, D) for the tokens `idx` (B, K) as queries; keys/values are all tokens
-    (`keys_all`) or only the gathered ones marked `valid` (layer dispatch). Padded queries give garbage rows that
+    (`keys_all`) or only the gathered ones marked `valid` (`keys_selected`). Padded queries give garbage rows that
     callers multiply by `valid`."""
     xs = tokens.gather_tokens(x, idx)
     if not keys_all:
@@ -176,7 +193,7 @@ class DyTBlock(vit.Encoder1DBlock):
   def _masked(self, x, x1, full, deterministic):
     m = full[..., None].astype(x.dtype)
     if self.dispatch != "mlp":
-      key_mask = (full > 0.5)[:, None, None, :] if self.dispatch == "layer" else None
+      key_mask = (full > 0.5)[:, None, None, :] if self.keys_selected else None
       x1 = self.residual(x, m * self.attention_branch(x, deterministic, mask=key_mask), deterministic)
     mlp = self.mlp_branch(x1, deterministic)
     if self.dispatch != "attention":
@@ -188,8 +205,7 @@ class DyTBlock(vit.Encoder1DBlock):
     active = full > 0.5
     b, n, d = x.shape
     if self.dispatch != "mlp":  # per-image query subsets through bucketed capacities
-      keys_all = self.dispatch != "layer"
-      attn = self._pure(functools.partial(DyTBlock.attention_update, keys_all=keys_all))
+      attn = self._pure(functools.partial(DyTBlock.attention_update, keys_all=not self.keys_selected))
 
       def branch(x, capacity):
         idx, valid = tokens.first_active_indices(active, capacity)
@@ -210,7 +226,7 @@ class DyTBlock(vit.Encoder1DBlock):
     b, n, _ = x.shape
     if self.dispatch != "mlp":
       valid = jnp.ones(idx.shape, bool)
-      x1 = tokens.scatter_add_tokens(x, idx, self.attention_update(x, idx, valid, self.dispatch != "layer"))
+      x1 = tokens.scatter_add_tokens(x, idx, self.attention_update(x, idx, valid, not self.keys_selected))
     a = self.adapt(x1, x, deterministic)
     if self.dispatch == "attention":
       return x1 + self.mlp_branch(x1) + a, b * n
@@ -230,6 +246,8 @@ class DyTSettings(vit.EncoderSettings):
   inference: str
   capacity_rate: float
   num_buckets: int
+  attention_keys: str
+  moe_gate_input: str
 
 
 class DyTEncoder(vit.Encoder):
@@ -265,7 +283,8 @@ class DyTVisionTransformer(vit.VisionTransformer):
     n = 1 + self.num_patches
     per_block = dyt_flops.block_macs(dispatched.astype(jnp.float32), dispatch=self.settings.dispatch,
                                      width=self.width, mlp_dim=self.mlp_dim, num_tokens=n,
-                                     bottleneck=self.settings.bottleneck)
+                                     bottleneck=self.settings.bottleneck,
+                                     attention_keys=self.settings.attention_keys)
     base_macs = dyt_flops.base_macs(width=self.width, patch_size=self.patch_size, num_patches=self.num_patches,
                                     num_classes=self.num_classes)
     return (base_macs + jnp.sum(per_block, axis=1)) / 1e9
@@ -301,12 +320,17 @@ def defaults():
   return ml_collections.ConfigDict(dict(
       name="dyt", bottleneck=16, scale=1.0, dropout=0.1, num_experts=1, dispatch="mlp", tau=5.0,
       target_rate=0.5, ce_weight=1.0, rate_weight=2.0, complete_pass=True, complete_ce_weight=1.0,
-      distill_weight=1.0, inference="threshold", capacity_rate=0.5, num_buckets=8))
+      distill_weight=1.0, inference="threshold", capacity_rate=0.5, num_buckets=8, attention_keys="selected",
+      moe_gate_input="block_input"))
 
 
 def model_kwargs(c, backbone) -> dict[str, Any]:
   if c.dispatch not in DISPATCHES:
     raise UserError(f"config.method.dispatch={c.dispatch!r}: use one of {', '.join(DISPATCHES)}.")
+  if c.attention_keys not in ATTENTION_KEYS:
+    raise UserError(f"config.method.attention_keys={c.attention_keys!r}: use one of {', '.join(ATTENTION_KEYS)}.")
+  if c.moe_gate_input not in MOE_GATE_INPUTS:
+    raise UserError(f"config.method.moe_gate_input={c.moe_gate_input!r}: use one of {', '.join(MOE_GATE_INPUTS)}.")
   if c.inference not in INFERENCE:
     raise UserError(f"config.method.inference={c.inference!r}: use one of {', '.join(INFERENCE)}.")
   if not 0.0 < c.capacity_rate <= 1.0:
@@ -318,7 +342,8 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
   settings = DyTSettings(
       bottleneck=int(c.bottleneck), adapter_scale=float(c.scale), adapter_dropout=float(c.dropout),
       num_experts=int(c.num_experts), dispatch=c.dispatch, tau=float(c.tau), inference=c.inference,
-      capacity_rate=float(c.capacity_rate), num_buckets=int(c.num_buckets))
+      capacity_rate=float(c.capacity_rate), num_buckets=int(c.num_buckets),
+      attention_keys=c.attention_keys, moe_gate_input=c.moe_gate_input)
   return dict(encoder_cls=DyTEncoder, block_cls=DyTBlock, settings=settings)
 
 

@@ -22,10 +22,12 @@ def base_macs(*, width: int, patch_size: int, num_patches: int, num_classes: int
   return num_patches * d * 3 * patch_size ** 2 + _LN * d * n + d * num_classes
 
 
-def block_macs(t, *, dispatch: str, width: int, mlp_dim: int, num_tokens: int, bottleneck: int):
+def block_macs(t, *, dispatch: str, width: int, mlp_dim: int, num_tokens: int, bottleneck: int,
+               attention_keys: str = "selected"):
   """Multiply-adds of one DyT block when `t` tokens (array or int, class token included) are dispatched.
 
   Adapters run on every token in every variant; `t = num_tokens` gives the dense block plus its adapter.
+  `attention_keys` ('selected' | 'all') of the attention variants: whether the skipped tokens stay keys/values.
   """
   d, n = width, num_tokens
   adapter = n * 2 * d * bottleneck
@@ -33,7 +35,9 @@ def block_macs(t, *, dispatch: str, width: int, mlp_dim: int, num_tokens: int, b
   attn_full = n * (_LN * d + 4 * d * d) + 2 * n * n * d               # LN1, qkv, proj, QK^T and AV
   # Queries of t tokens against keys/values of all n: LN1 + k,v for all, q + proj for t, QK^T + AV t x n.
   attn_queries = lambda k: n * (_LN * d + 2 * d * d) + k * 2 * d * d + 2 * k * n * d
-  attn_subset = lambda k: k * (_LN * d + 4 * d * d) + 2 * k * k * d   # layer dispatch: t tokens among themselves
+  attn_subset = lambda k: k * (_LN * d + 4 * d * d) + 2 * k * k * d   # t tokens among themselves
+  if dispatch in ("attention", "attention_mlp") and attention_keys == "selected":
+    attn_queries = attn_subset
   if dispatch == "mlp":
     return attn_full + adapter + mlp(t)
   if dispatch == "attention":

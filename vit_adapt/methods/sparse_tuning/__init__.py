@@ -47,7 +47,7 @@ from vit_adapt.errors import UserError
 from vit_adapt.methods import base
 from vit_adapt.methods.sparse_tuning import knob
 from vit_adapt.methods.sparse_tuning import official  # noqa: F401  (registers the official-sparse-tuning source)
-from vit_adapt.methods.sparse_tuning.adapters import ADAPTERS, TorchBatchNorm, timm_trunc_normal
+from vit_adapt.methods.sparse_tuning.adapters import ADAPTERS, TorchBatchNorm
 from vit_adapt.models import vit
 from vit_adapt.models import tokens
 
@@ -248,7 +248,7 @@ class SparseTuningViT(vit.VisionTransformer):
   def make_head(self):
     if self.head_type == "bn_linear":
       self.head_bn = TorchBatchNorm(momentum=0.1, epsilon=1e-6)
-    init = timm_trunc_normal(self.head_init_std) if self.head_init_std > 0 else nn.initializers.zeros
+    init = vit.timm_trunc_normal(self.head_init_std) if self.head_init_std > 0 else nn.initializers.zeros
     self.head = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype)
 
   def classify(self, pre_logits, out, train: bool):

@@ -33,17 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from vit_adapt.models.adapters import torch_linear_kernel_init
-
-
-def timm_trunc_normal(stddev: float):
-  """timm's `trunc_normal_(std=s)`: a normal of std s truncated at the ABSOLUTE bounds +-2.
-
-  (Flax's `truncated_normal(s)` truncates at +-2s and so has a smaller spread; for s = 0.01 or 0.02 timm's bounds
-  are never reached, i.e. this is a plain normal of std s.)
-  """
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.truncated_normal(key, -2.0 / stddev, 2.0 / stddev, shape, jnp.float32).astype(dtype) * stddev
-  return init
+from vit_adapt.models.vit import timm_trunc_normal
 
 
 class PaperDenseAdapter(nn.Module):
