@@ -143,3 +143,24 @@ def test_rerunning_a_finished_run_keeps_its_results_whole(tiny_config, fast_comp
   assert again["final_train_loss"] == first["final_train_loss"] is not None
   assert again["wall_time_s"] > first["wall_time_s"]  # the time of both processes of the run
   assert _read(os.path.join(tmp_path, workdir_lib.RUN_FILE))["wall_time_s"] == pytest.approx(again["wall_time_s"])
+
+
+def test_fields_added_by_an_upgrade_do_not_split_a_run(tiny_config, fast_compile, tmp_path):
+  """A workdir whose recorded identity predates a config field resumes; a model directory saved before a
+  method field existed loads with the value it ran with (`Method.legacy`)."""
+  from vit_adapt import methods
+  config = tiny_config("dyt", train=dict(steps=2, checkpoint_every_steps=2))
+  train.train_and_evaluate(config, str(tmp_path))
+  run_file = os.path.join(tmp_path, workdir_lib.RUN_FILE)
+  record = _read(run_file)
+  del record["identity"]["method.attention_keys"]  # as written before the field existed
+  with open(run_file, "w") as f:
+    json.dump(record, f)
+  assert train.train_and_evaluate(config, str(tmp_path))["steps"] == 2
+  stored = os.path.join(tmp_path, "model", "config.json")
+  old = _read(stored)
+  del old["method"]["attention_keys"], old["method"]["moe_gate_input"]
+  with open(stored, "w") as f:
+    json.dump(old, f)
+  loaded, model, _, _ = methods.load_model_dir(str(tmp_path))
+  assert loaded.method.attention_keys == "all" and loaded.method.moe_gate_input == "block_input"

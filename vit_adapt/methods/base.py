@@ -8,7 +8,7 @@ its trainable parameters, its config fields with defaults, and optionally its ow
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import ml_collections
@@ -112,6 +112,9 @@ class Method:
   shares_frozen_features: bool = False
   # The accuracy-vs-compute knob `python -m vit_adapt.curve` sweeps (None: the method's compute is fixed).
   budget_knob: Knob | None = None
+  # `config.method` fields added after configs of this method were first saved, with the value that reproduces
+  # how those older configs ran; filled into a stored config (a model directory) that lacks them.
+  legacy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   doc: str = ""
 
 

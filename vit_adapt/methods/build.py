@@ -7,11 +7,13 @@ trainable patterns of a 'trainable'-scope directory, and how the frozen rest is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import logging
 
 from vit_adapt import checkpoints
 from vit_adapt.checkpoints import model_dir as model_dir_lib
@@ -37,6 +39,17 @@ def _init_rngs(method, seed: int) -> dict:
 def _example_input(config):
   size = config.model.image_size
   return jnp.zeros((1, size, size, 3), jnp.float32)
+
+
+def fill_legacy_fields(config) -> None:
+  """A stored config from before some of its method's fields existed gets the values it ran with."""
+  method = base.lookup(config.method.name)
+  for name, value in method.legacy.items():
+    if name not in config.method:
+      with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        config.method[name] = value
+      logging.info("config.method.%s is not in the stored config (saved before it existed): using %r, how it ran",
+                   name, value)
 
 
 def init_variables(model, method, config, *, load_backbone: bool = True):
@@ -79,6 +92,7 @@ def load_model_dir(path: str):
   """
   directory, meta = model_dir_lib.open_dir(path)
   config = model_dir_lib.read_config(directory)
+  fill_legacy_fields(config)
   model, method = build_model(config)
   stored = model_dir_lib.restore(directory)
   if meta["scope"] == "full":

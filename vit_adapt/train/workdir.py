@@ -148,7 +148,7 @@ def claim(workdir: str, config, *, restart: bool) -> float:
   identity. -> the wall time earlier processes of this run already spent."""
   mine = identity(config)
   theirs = recorded_identity(workdir)
-  if theirs is not None and theirs != mine:
+  if theirs is not None and _differ(theirs, mine):
     if not restart:
       raise UserError(f"the workdir {workdir} holds another run (its config differs in "
                       f"{_differences(theirs, mine)}). Resuming would mix two runs: use a new --workdir, or pass "
@@ -181,9 +181,20 @@ def results_match(workdir: str, config) -> bool:
   return recorded is None or recorded == fingerprint(config)
 
 
+def _differing_keys(old: dict, new: dict) -> list[str]:
+  """Fields both identities have, with different values. A field only one side has was added (or removed) by
+  an upgrade of vit_adapt between the two processes: the older one ran without it, so it does not tell runs
+  apart (how a model directory fills such fields: `Method.legacy`)."""
+  return sorted(k for k in set(old) & set(new) if old[k] != new[k])
+
+
+def _differ(old: dict, new: dict) -> bool:
+  return bool(_differing_keys(old, new))
+
+
 def _differences(old: dict, new: dict, most: int = 6) -> str:
-  keys = sorted(k for k in set(old) | set(new) if old.get(k, "<absent>") != new.get(k, "<absent>"))
-  parts = [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys[:most]]
+  keys = _differing_keys(old, new)
+  parts = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in keys[:most]]
   return ", ".join(parts) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 

@@ -350,4 +350,6 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
 DYT = base.register(base.Method(
     name="dyt", model_cls=DyTVisionTransformer, trainable=(r"/adapter/", r"/router/", r"^head/"),
     defaults=defaults, model_kwargs=model_kwargs, loss=loss, rng_streams=("gumbel",), eval_stats=eval_stats,
-    budget_knob=knob.KNOB, doc=__doc__))
+    budget_knob=knob.KNOB,
+    # Before these fields existed skipped tokens stayed keys/values and the MoE gate read the block input.
+    legacy={"attention_keys": "all", "moe_gate_input": "block_input"}, doc=__doc__))
