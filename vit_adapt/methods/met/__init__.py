@@ -124,7 +124,7 @@ class Exit(nn.Module):
     self.s = self.param("s", nn.initializers.constant(self.scale), ())
     if self.has_head:
       self.norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
-      init = (nn.initializers.truncated_normal(self.head_init_std) if self.head_init_std > 0
+      init = (vit.timm_trunc_normal(self.head_init_std) if self.head_init_std > 0
               else nn.initializers.zeros)
       self.head = nn.Dense(self.num_classes, kernel_init=init, dtype=self.dtype)
 
