@@ -18,8 +18,7 @@ def test_vector_statistic_is_a_masked_average_per_component():
   """A (B, K) statistic sums over the real examples only (padding masked) and averages into K values."""
   task = tasks.get("classification")
   method = types.SimpleNamespace(
-      eval_stats=lambda logits, out: {"first": out["v"][:, 0]},
-      eval_target_stats=lambda logits, out, targets: {"vec": out["v"] * targets[:, :1]})
+      eval_stats=lambda logits, out, targets: {"first": out["v"][:, 0], "vec": out["v"] * targets[:, :1]})
   v = jnp.array([[1., 2., 3.], [4., 5., 6.], [7., 8., 9.]])
   model = types.SimpleNamespace(apply=lambda variables, x, train: (jnp.zeros((3, 2)), {"v": v}))
   batch = {"image": jnp.zeros((3, 1)), "label": jnp.array([0, 0, 1]), "mask": jnp.array([True, False, True])}

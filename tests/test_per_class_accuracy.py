@@ -54,7 +54,7 @@ class _Linear:
     return x @ variables["params"]["w"], {}
 
 
-_NO_STATS = types.SimpleNamespace(eval_stats=None, eval_target_stats=None)  # the Method record's two hooks
+_NO_STATS = types.SimpleNamespace(eval_stats=None)  # a method without evaluation statistics
 
 
 def test_eval_sums_and_summarize_on_a_known_confusion_matrix():

@@ -94,16 +94,12 @@ class Method:
   post_load: Callable[[dict, ml_collections.ConfigDict], dict] | None = None
   # Extra RNG streams the model draws from in training (e.g. 'gumbel'); 'dropout' is always provided.
   rng_streams: Sequence[str] = ()
-  # Optional per-example evaluation statistics from the inference pass: (logits, out) -> {name: (B,) array, or
-  # (B, K): K values per example}. The trainer averages them over the valid (unpadded) evaluation examples and
-  # reports them in results.json (a (B, K) statistic as a list of K averages),
-  # e.g. DyT's 'activation_rate', or 'gmacs' for methods whose compute depends on the input.
-  eval_stats: Callable[[jax.Array, dict], dict[str, jax.Array]] | None = None
-  # Optional per-example statistics that need the ground truth: (logits, out, targets) -> {name: (B,) or (B, K)
-  # array}, `targets` as the task's `targets(batch, num_classes)` gives them (one-hot (B, C) when evaluating a
-  # classification task). A separate hook, so statistics that only read the model's outputs keep the 2-argument
-  # form. E.g. MET's per-exit correctness: a (B, K) statistic averages to a list of K values in results.json.
-  eval_target_stats: Callable[[jax.Array, dict, jax.Array], dict[str, jax.Array]] | None = None
+  # Optional per-example evaluation statistics from the inference pass: (logits, out, targets) -> {name: (B,)
+  # array, or (B, K): K values per example}; `targets` as the task's `targets(batch, num_classes)` gives them
+  # (one-hot (B, C) for classification). The trainer averages them over the valid (unpadded) evaluation
+  # examples and reports them in results.json (a (B, K) statistic as a list of K averages), e.g. DyT's
+  # 'activation_rate', 'gmacs' for methods whose compute depends on the input, MET's per-exit 'exit_top1'.
+  eval_stats: Callable[[jax.Array, dict, jax.Array], dict[str, jax.Array]] | None = None
   # Optional precomputed-input training (SynQT's frozen-feature cache), see FeatureCache.
   feature_cache: "FeatureCache | None" = None
   # The trainable part reads only the frozen backbone's pre-logits (a linear probe): a sweep trains such runs

@@ -23,9 +23,9 @@ def make_eval_step(model, method, task) -> Callable:
   def eval_step(variables, batch):
     logits, out = model.apply(variables, task.model_input(batch), train=False)
     sums = dict(task.eval_sums(logits, batch))
-    stats = dict(method.eval_stats(logits, out)) if method.eval_stats is not None else {}
-    if method.eval_target_stats is not None:
-      stats.update(method.eval_target_stats(logits, out, task.targets(batch, logits.shape[-1])))
+    stats = {}
+    if method.eval_stats is not None:
+      stats = method.eval_stats(logits, out, task.targets(batch, logits.shape[-1]))
     mask = batch["mask"].astype(jnp.float32)
     for name, value in stats.items():
       # (B,) -> a scalar sum; (B, K) -> K sums: the masked sum over the batch axis only.

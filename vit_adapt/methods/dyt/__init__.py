@@ -312,7 +312,8 @@ def loss(inp: base.LossInputs):
   return total, {"loss": total, **metrics}
 
 
-def eval_stats(logits, out):
+def eval_stats(logits, out, targets):
+  del logits, targets
   return {"activation_rate": out["activation_rate"], "gmacs": out["gmacs"]}
 
 

@@ -277,29 +277,26 @@ def model_kwargs(c, backbone) -> dict:
   return kw
 
 
-def eval_stats(logits, out):
+def eval_stats(logits, out, targets):
+  """The exit taken, its GMACs, and `exit_top1`: each exit's own correctness (B, K), first exit first (averaged,
+  each exit's top-1 on the split).
+
+  Only a pass that computes every exit has `exit_top1`: a training run's evaluation (no thresholds yet: the
+  'last' mode), or `inference='dense_select'`. The early-exit pass computes only the exits it runs, so there it
+  is absent; `python -m vit_adapt.curve` (its single-exit points) measures a calibrated model's exits.
+  """
+  del logits
   stats = {"exit": out["exit"].astype(jnp.float32)}
   if "gmacs" in out:
     stats["gmacs"] = out["gmacs"]
+  if "exit_logits" in out:
+    labels = jnp.argmax(targets, axis=-1)  # one-hot evaluation targets; argmax as in the task's top1
+    stats["exit_top1"] = (jnp.argmax(out["exit_logits"], axis=-1) == labels[None]).T.astype(jnp.float32)
   return stats
-
-
-def eval_target_stats(logits, out, targets):
-  """`exit_top1`: each exit's own correctness (B, K), first exit first; averaged, each exit's top-1 on the split.
-
-  Only a pass that computes every exit has it: a training run's evaluation (no thresholds yet: the 'last' mode),
-  or `inference='dense_select'`. The early-exit pass computes only the exits it runs, so there it is absent;
-  `python -m vit_adapt.curve` (its single-exit points) measures a calibrated model's exits.
-  """
-  del logits
-  if "exit_logits" not in out:
-    return {}
-  labels = jnp.argmax(targets, axis=-1)  # one-hot evaluation targets; argmax as in the task's top1
-  return {"exit_top1": (jnp.argmax(out["exit_logits"], axis=-1) == labels[None]).T.astype(jnp.float32)}
 
 
 MET = base.register(base.Method(
     name="met", model_cls=METViT,
     trainable=(r"/eadapter/", r"^exit_\d+/", r"^head/", r"^Transformer/encoder_norm/"),
     defaults=defaults, model_kwargs=model_kwargs, loss=met_loss.met_loss, eval_stats=eval_stats,
-    eval_target_stats=eval_target_stats, budget_knob=knob.KNOB, doc=__doc__))
+    budget_knob=knob.KNOB, doc=__doc__))
