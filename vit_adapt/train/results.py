@@ -18,14 +18,19 @@ def path(workdir: str) -> str:
   return os.path.join(workdir, RESULTS_FILE)
 
 
-def read_field(workdir: str, key: str):
-  """A field of the results.json already in `workdir` (None when there is none)."""
+def read(workdir: str) -> dict | None:
+  """The results.json already in `workdir`, or None when there is none (or it is not a readable JSON object)."""
   try:
     with open(path(workdir)) as f:
       results = json.load(f)
   except (OSError, ValueError):
     return None
-  return results.get(key) if isinstance(results, dict) else None
+  return results if isinstance(results, dict) else None
+
+
+def read_field(workdir: str, key: str):
+  """A field of the results.json already in `workdir` (None when there is none)."""
+  return (read(workdir) or {}).get(key)
 
 
 def build(config, method, task, *, evaluation: dict, num_train: int, steps: int, final_train_loss: float | None,

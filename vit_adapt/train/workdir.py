@@ -174,8 +174,8 @@ def write_run_file(workdir: str, config, wall_time_s: float) -> None:
 def results_match(workdir: str, config) -> bool:
   """Whether `workdir` holds the finished run of `config` (results.json of the same fingerprint; results
   written before run identities count as the run's)."""
-  results = _read_json(results_lib.path(workdir))
-  if not isinstance(results, dict):
+  results = results_lib.read(workdir)
+  if results is None:
     return False
   recorded = results.get("run_fingerprint")
   return recorded is None or recorded == fingerprint(config)
