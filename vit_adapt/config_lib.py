@@ -8,7 +8,8 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
 
   seed                      PRNG seed of parameters, dropout and data order
   model.variant             'B/16', 'Ti/16', ... (big_vision names); model.depth/width/mlp_dim/num_heads override
-  model.init                backbone checkpoint (Google .npz, timm .safetensors/.pth, or a vit_adapt directory)
+  model.init                backbone checkpoint (Google .npz, timm .safetensors/.pth, a vit_adapt directory, or a name
+                            such as vit-b16-in21k, downloaded once: docs/checkpoints.md)
   model.image_size          input resolution; position embeddings are resampled on load when it differs
   model.dtype               compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
   model.pool, dropout, drop_path, head_init_std

@@ -6,6 +6,7 @@
   posemb.py      position-embedding resampling
   merge.py       merge into an initialised tree, one error listing every mismatch
   load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`), `merge_model_params`
+  weights.py     pre-trained backbones by name (`model.init=vit-b16-in21k`): URL table, cached verified download
   sources.py     the `convert --source=NAME` registry (methods register their `official-<method>` importers)
   model_dir.py   the vit_adapt model directory format (`vit_adapt.methods` builds and loads models with it)
 

@@ -9,20 +9,20 @@ import os
 from flax import traverse_util
 
 from vit_adapt.checkpoints import merge as merge_lib
-from vit_adapt.checkpoints import readers, sources
+from vit_adapt.checkpoints import readers, sources, weights
 from vit_adapt.errors import UserError
 
 
 def load_backbone(path: str, params: dict, *, config) -> dict:
   """Loads `path` and returns `params` with its weights merged in.
 
-  `path` is a Google `.npz` (any layout), or a timm / Hugging Face `.safetensors`, `.pth` or `.bin` (a vit_adapt
+  `path` is a name of `weights.NAMES` (downloaded once into a cache), a Google `.npz` (any layout), or a timm / Hugging Face `.safetensors`, `.pth` or `.bin` (a vit_adapt
   model directory is loaded by `vit_adapt.methods.init_variables`, which rebuilds its method's model). The position
   embedding is resampled when the grid differs, the head is re-initialised (the fresh head of `params` kept) when
   the class count differs, and any other mismatch raises one UserError listing every missing, unexpected and
   mis-shaped name.
   """
-  path = os.fspath(path)
+  path = weights.resolve(os.fspath(path))
   if os.path.isdir(path):
     raise UserError(f"{path} is a directory: a vit_adapt model directory is loaded with "
                     "vit_adapt.methods.init_variables (config.model.init), not as a checkpoint file.")

@@ -18,6 +18,7 @@ from absl import logging
 from clu import parameter_overview, periodic_actions
 
 from vit_adapt import config_lib, methods, tasks
+from vit_adapt.checkpoints import weights
 from vit_adapt.efficiency import measure
 from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
@@ -39,11 +40,11 @@ def preflight(config, task) -> int:
   """
   problems = []
   init = config.model.init
-  if init and not os.path.exists(init):
+  if init and not os.path.exists(init) and not weights.is_name(init):  # a name is downloaded when loaded
     problems.append(
         f"the backbone checkpoint config.model.init={init!r} does not exist. Download the ViT weights (e.g. "
         "ViT-B/16 ImageNet-21k: gs://vit_models/imagenet21k/ViT-B_16.npz, see docs/checkpoints.md) and pass "
-        "--config.model.init=/path/to/ViT-B_16.npz.")
+        "--config.model.init=/path/to/ViT-B_16.npz, or a name such as --config.model.init=vit-b16-in21k.")
   num_train = None
   try:
     num_train = task.num_examples(config, config.dataset.split)

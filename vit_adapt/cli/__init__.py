@@ -1,10 +1,12 @@
-"""What every command-line entry point shares: flag parsing, the error wrapper and the log filter.
+"""What every command-line entry point shares: flag parsing, the error wrapper, the log filter and the backend report.
 
   if __name__ == "__main__":
     cli.run(main)
 
 A `UserError` (what is wrong, which file or key, what to do) prints `error: ...` and exits with status 2 without
 a traceback, whether it is raised while the flags and the `--config` file are parsed or by `main` itself.
+Every CLI logs the JAX backend it computes on and warns, with the install command, when the machine has a GPU
+or TPU that JAX does not use (`backend.py`).
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from vit_adapt.cli import backend
 from vit_adapt.errors import UserError
 
 
 def cli_main(main):
-  """Wraps an absl `main(argv)`: orbax's INFO lines are dropped and a UserError exits 2 with its message."""
+  """Wraps an absl `main(argv)`: orbax's INFO lines are dropped, the backend is reported (`backend.py`) and a
+  UserError exits 2 with its message."""
 
   @functools.wraps(main)
   def wrapped(argv):
     quiet_orbax()
+    backend.report_backend()
     try:
       return main(argv)
     except UserError as e:
