@@ -24,9 +24,16 @@ def test_colab_notebook_demo_mode(tmp_path, monkeypatch):
   client.execute()
   outputs = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
                       if o.get("output_type") == "stream")
+  # The install plan is printed, and nothing is installed in DEMO mode.
+  assert "install: " in outputs and "not installing" in outputs
   assert "'task': 'demo/digits'" in outputs
   assert '"task": "vtab/dtd"' in outputs
   assert "done 2/2" in outputs and "0 failed" in outputs
+  # Progress: the runs' own log lines reach the cell while the sweep runs, prefixed with the run.
+  assert "[vtab/dtd/adapter_vtab/seed=0] " in outputs and "Eval at step 3" in outputs
+  # The 19-task command names the data location and the weights.
+  full = next(ln for ln in outputs.splitlines() if "--tasks=all" in ln)
+  assert "dataset.root=" in full and "model.init=" in full and "seed=[0,1,2]" in full
   # The last code cell displayed the Markdown table and both plots.
   shown = [o for o in nb.cells[-2].outputs if o.get("output_type") == "display_data"]
   assert "text/markdown" in shown[0]["data"] and "| linear_vtab |" in shown[0]["data"]["text/markdown"]
