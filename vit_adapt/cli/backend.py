@@ -3,9 +3,9 @@
 `pip install -e .` installs a CPU-only jax; on a GPU or TPU machine it would train on the CPU without a word.
 Every CLI therefore reports in two steps:
 
-  at start            `machine_accelerator()` looks at the machine (device files, environment, PATH; no JAX) and,
-                      when an NVIDIA GPU or a TPU is there but no JAX plugin for it is installed, warns with the
-                      exact install command;
+  at start            `machine_accelerator()` (vit_adapt/machine.py) looks at the machine (device files,
+                      environment, PATH; no JAX) and, when an NVIDIA GPU or a TPU is there but no JAX plugin for
+                      it is installed, warns with the exact install command;
   first compilation   the backend JAX runs on is logged (platform, device kind and count, process count), with
                       the same warning when JAX fell back to the CPU although a plugin is installed.
 
@@ -18,8 +18,6 @@ never compute (the sweep parent, `report`, `--help`) never initialise one.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import importlib.metadata
 import os
 import shutil
 import threading
@@ -27,70 +25,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 from absl import logging
 
+# The probe lives below cli/: the Colab notebook imports it before absl (this package's __init__) is installed.
+from vit_adapt.machine import Accelerator, machine_accelerator, plugin_installed
+
 # jax.monitoring event recorded after every XLA compilation (and persistent-cache hit): the backend is up.
 _COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
-
-
-@dataclasses.dataclass(frozen=True)
-class Accelerator:
-  """An accelerator seen on the machine without JAX."""
-  kind: str  # 'gpu' | 'tpu'
-  evidence: str  # what showed it: a device file, an environment variable, a program on PATH
-  extra: str  # the vit_adapt extra that installs JAX for it (pyproject.toml)
-
-  @property
-  def name(self) -> str:
-    return {"gpu": "an NVIDIA GPU", "tpu": "a TPU"}[self.kind]
-
-  @property
-  def install_command(self) -> str:
-    return (f"pip install -e '.[{self.extra}]' (in the vit_adapt checkout), "
-            f"or pip install -U 'jax[{self.extra}]'")
-
-
-# JAX's plugin distributions per accelerator kind (name prefixes, normalised to '-').
-_PLUGINS = {"gpu": ("jax-cuda", "jaxlib-cuda"), "tpu": ("libtpu",)}
-
-
-def machine_accelerator(root: str = "/", environ: Mapping[str, str] | None = None,
-                        which: Callable[[str], str | None] = shutil.which) -> Accelerator | None:
-  """The NVIDIA GPU or TPU of this machine, from its device files, environment and PATH; None if neither.
-
-  `root` (the file system's root), `environ` and `which` are injectable so tests can fake a machine.
-  """
-  env = os.environ if environ is None else environ
-
-  def path(*parts):
-    return os.path.join(root, *parts)
-
-  tpu_env = sorted(k for k in ("TPU_ACCELERATOR_TYPE", "TPU_NAME") if env.get(k))
-  # /dev/accel<N>: TPU v2-v4 chips. /dev/vfio/<N>: v5e and later, but VFIO also passes other PCI devices
-  # through, so it only counts together with the TPU runtime's environment.
-  accel = sorted(glob.glob(path("dev", "accel[0-9]*")))
-  vfio = sorted(glob.glob(path("dev", "vfio", "[0-9]*")))
-  if accel:
-    return Accelerator("tpu", accel[0].removeprefix(root.rstrip("/")), "tpu")
-  if vfio and any(k.startswith("TPU_") for k in env):
-    return Accelerator("tpu", vfio[0].removeprefix(root.rstrip("/")), "tpu")
-  if tpu_env:
-    return Accelerator("tpu", f"${tpu_env[0]}", "tpu")
-
-  nvidia = [p for p in [path("proc", "driver", "nvidia", "version")] if os.path.exists(p)]
-  nvidia += sorted(glob.glob(path("dev", "nvidia[0-9]*")))
-  if nvidia:
-    return Accelerator("gpu", nvidia[0].removeprefix(root.rstrip("/")), "cuda12")
-  smi = which("nvidia-smi")
-  if smi:
-    return Accelerator("gpu", smi, "cuda12")
-  return None
-
-
-def plugin_installed(kind: str, distributions: Iterable[str] | None = None) -> bool:
-  """Whether a JAX plugin for `kind` ('gpu' | 'tpu') is installed (by distribution name; no import)."""
-  if distributions is None:
-    distributions = (d.metadata["Name"] or "" for d in importlib.metadata.distributions())
-  names = {n.lower().replace("_", "-") for n in distributions}
-  return any(n.startswith(_PLUGINS[kind]) for n in names)
 
 
 def cpu_requested(environ: Mapping[str, str] | None = None) -> bool:

@@ -1,8 +1,9 @@
 """What experiments/colab_vtab.ipynb decides and runs: the runtime, the pip command, the data folder, the sweep.
 
 The notebook imports this module from a fresh clone *before* vit_adapt is installed, so it uses the standard
-library only (and `vit_adapt.errors`, which does too). It never imports jax: a TPU can be opened by one process
-only, and on a GPU jax would reserve the memory the training processes need.
+library only (and `vit_adapt.errors` and `vit_adapt.machine`, which do too; not `vit_adapt.cli`, which needs absl).
+It never imports jax: a TPU can be opened by one process only, and on a GPU jax would reserve the memory the
+training processes need.
 
   detect_runtime()   which accelerator the machine has (device files), whatever jax is installed
   install_plan()     the pip command: keep Colab's preinstalled jax when it already drives that accelerator
@@ -32,18 +33,12 @@ import time
 import tomllib
 from typing import Callable, Iterable, Mapping
 
+from vit_adapt import machine
 from vit_adapt.errors import UserError
 
-# The extra of pyproject.toml that installs jax for each accelerator, and the plain jax extra used when a
-# checkout's pyproject does not define it (pip would only warn, and install a CPU jax).
-EXTRAS = {"tpu": "tpu", "gpu": "cuda12"}
-JAX_EXTRAS = {"tpu": "jax[tpu]", "gpu": "jax[cuda12]"}
 # The distributions that make up an installed jax; all of them are pinned when the preinstalled jax is kept.
 JAX_DISTS = ("jax", "jaxlib", "libtpu", "libtpu-nightly", "jax-cuda12-plugin", "jax-cuda12-pjrt",
              "jax-cuda13-plugin", "jax-cuda13-pjrt")
-# What gives jax its backend on each accelerator (any one of them).
-BACKEND_DISTS = {"tpu": ("libtpu", "libtpu-nightly"),
-                 "gpu": ("jax-cuda12-plugin", "jax-cuda13-plugin")}
 CONSTRAINTS = "/tmp/vit_adapt_keep_jax.txt"
 COLAB_CLONE = "/content/vit_adapt"
 COLAB_DATA = "/content/tensorflow_datasets"
@@ -63,15 +58,15 @@ class Runtime:
 
 def detect_runtime(env: Mapping[str, str] | None = None,
                    glob_fn: Callable[[str], list[str]] = glob.glob) -> Runtime:
-  """The machine's accelerator from its device files (TPU VM chips, NVIDIA GPUs); jax is not asked."""
+  """The machine's accelerator from its device files (TPU VM chips, NVIDIA GPUs); jax is not asked.
+
+  Device files only: Colab's CPU runtimes ship nvidia-smi, and on a Colab VM a VFIO device is its TPU (v5e and
+  later) even without the TPU runtime's environment."""
   env = os.environ if env is None else env
-  # TPU VMs: /dev/accel* (v2-v4), /dev/vfio/<n> (v5e and later); the same files sweep/devices.py counts.
-  chips = sorted(glob_fn("/dev/accel[0-9]*") or glob_fn("/dev/vfio/[0-9]*"))
-  if chips:
-    return Runtime("tpu", f"{len(chips)} TPU chip(s): {', '.join(chips)}")
-  gpus = sorted(glob_fn("/dev/nvidia[0-9]*"))
-  if gpus:
-    return Runtime("gpu", f"{len(gpus)} NVIDIA GPU(s): {', '.join(gpus)}")
+  acc = machine.machine_accelerator(environ=env, glob_fn=glob_fn, devices_only=True, vfio_is_tpu=True)
+  if acc:
+    what = {"tpu": "TPU chip(s)", "gpu": "NVIDIA GPU(s)"}[acc.kind]
+    return Runtime(acc.kind, f"{len(acc.devices)} {what}: {', '.join(acc.devices)}")
   if env.get("COLAB_TPU_ADDR"):
     # The legacy "TPU Node" runtime: the TPU is on another host, reached over gRPC, which jax dropped.
     return Runtime("cpu", f"COLAB_TPU_ADDR={env['COLAB_TPU_ADDR']} but no local TPU chip",
@@ -141,9 +136,7 @@ def read_project(repo_dir: str) -> Project:
 # ------------------------------------------------------------------------------------------------ install
 def backend_installed(platform: str, installed: Mapping[str, str]) -> bool:
   """Whether the installed jax has the backend of `platform` (cpu: always)."""
-  if platform == "cpu":
-    return "jax" in installed
-  if any(d in installed for d in BACKEND_DISTS[platform]):
+  if platform == "cpu" or machine.plugin_installed(platform, installed):
     return "jax" in installed
   # Old-style GPU wheels carry CUDA in jaxlib itself ('0.4.26+cuda12.cudnn89').
   return platform == "gpu" and "jax" in installed and "+cuda" in installed.get("jaxlib", "")
@@ -151,14 +144,7 @@ def backend_installed(platform: str, installed: Mapping[str, str]) -> bool:
 
 def extra_command(platform: str, repo_dir: str, project: Project, python: str = sys.executable) -> list[str]:
   """The pip command that installs vit_adapt with the jax of `platform` (what to run when jax lacks it)."""
-  cmd = [python, "-m", "pip", "install", "-e"]
-  extra = EXTRAS.get(platform)
-  if not extra:
-    return cmd + [repo_dir]
-  if extra in project.extras:
-    return cmd + [f"{repo_dir}[{extra}]"]
-  jax_min = project.minimums.get("jax")
-  return cmd + [repo_dir, JAX_EXTRAS[platform] + (f">={jax_min}" if jax_min else "")]
+  return machine.pip_install(platform, repo_dir, (python, "-m", "pip"), project.extras, project.minimums.get("jax"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,7 +188,8 @@ def install_plan(runtime: Runtime, installed: Mapping[str, str], project: Projec
     why = f"the installed jax {jax} has no {runtime.platform} backend"
   else:
     why = f"the installed jax {jax} is older than the required {jax_min}"
-  what = f"the '{EXTRAS[runtime.platform]}' extra" if runtime.platform in EXTRAS else "the CPU jax"
+  extra = machine.EXTRAS.get(runtime.platform)
+  what = f"the '{extra}' extra" if extra else "the CPU jax"
   return InstallPlan(command=extra_command(runtime.platform, repo_dir, project, python),
                      reason=f"{why}: installs vit_adapt with {what}")
 

@@ -20,13 +20,13 @@ and the run's log.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 import re
 import subprocess
 import sys
 
+from vit_adapt import machine
 from vit_adapt.errors import UserError
 
 _PROBE = ("import json, jax; d = jax.devices(); "
@@ -54,9 +54,10 @@ def probe(python: str = sys.executable, env: dict | None = None, timeout: float 
   platform = {"cuda": "gpu", "rocm": "gpu"}.get(info["platform"], info["platform"])
   count = int(info["count"])
   if platform == "tpu":
-    # Processes are pinned to chips, and JAX lists cores (2 per chip on v2/v3): count the chips instead.
-    chips = glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*")
-    count = len(chips) or count
+    # Processes are pinned to chips, and JAX lists cores (2 per chip on v2/v3): count the chips instead. JAX
+    # runs on a TPU, so a VFIO device is one of its chips.
+    acc = machine.machine_accelerator(devices_only=True, vfio_is_tpu=True)
+    count = len(acc.devices) if acc and acc.kind == "tpu" else count
   return Devices(platform=platform, count=count, kind=info.get("kind", ""))
 
 
