@@ -179,16 +179,18 @@ def detect(env: Mapping[str, str], probes: Probes) -> Launch | None:
 
 # ---------------------------------------------------------------------------------------------------- probes
 def _tpu_vm() -> bool:
-  try:  # set when `import jax` ran cloud_tpu_init: libtpu installed and TPU chips on the PCI bus
-    from jax._src import cloud_tpu_init
+  # Set when `import jax` ran cloud_tpu_init: libtpu installed and TPU chips on the PCI bus.
+  try:
+    from jax._src import cloud_tpu_init  # private jax: imported late, so a jax that moved it only loses this probe
   except ImportError:
     return False
   return bool(cloud_tpu_init.running_in_cloud_tpu_vm)
 
 
 def _gce_tpu_processes() -> int:
-  try:  # the metadata server's worker list x slices, as jax's GceTpuCluster counts them
-    from jax._src import clusters
+  # The metadata server's worker list x slices, as jax's GceTpuCluster counts them.
+  try:
+    from jax._src import clusters  # private jax, only needed on a TPU VM: imported late (see _tpu_vm)
     if not clusters.GceTpuCluster.is_env_present():
       return 1
     return int(clusters.GceTpuCluster.get_process_count())
