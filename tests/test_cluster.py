@@ -59,6 +59,14 @@ def test_misconfigured_jobs_say_what_to_set(env, words):
     cluster.detect(env, probes())
 
 
+def test_single_process_opt_out():
+  """A sweep's child run inherits the variables of the job the sweep runs in, and must not join it."""
+  for env in (SLURM, OMPI4, GKE, {"JAX_COORDINATOR_ADDRESS": "h:1", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "0"}):
+    assert cluster.detect({**env, "VIT_ADAPT_SINGLE_PROCESS": "1"}, probes(tpu_vm=True)) is None
+    assert cluster.detect({**env, "VIT_ADAPT_SINGLE_PROCESS": "0"}, probes(tpu_vm=True)) is not None
+  assert cluster.detect({"VIT_ADAPT_SINGLE_PROCESS": "1"}, probes(tpu_vm=True, gce_processes=4)) is None
+
+
 def test_slurm():
   launch = cluster.detect(SLURM, probes())
   assert launch == cluster.Launch("slurm", {"cluster_detection_method": "slurm"})

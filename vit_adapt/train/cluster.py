@@ -20,6 +20,10 @@ single-host TPU VM stays a plain single-process run) and, on GPU nodes, which GP
 default for SLURM and Open MPI is one GPU per process (the one of its local rank), which would leave 7 of 8 GPUs
 idle under one task per node. Here the node's visible GPUs are split evenly over the tasks on the node.
 
+VIT_ADAPT_SINGLE_PROCESS=1 makes a process a single-process run whatever the launcher's variables say: a sweep
+sets it for its child runs, each pinned to one device, which inherit the variables of the job that started the
+sweep (e.g. one sweep per host of a pod slice or per task of an `srun`).
+
 Open MPI 5 (PRRTE) no longer exports OMPI_MCA_orte_hnp_uri, so jax cannot find its coordinator: such a job is
 told to set JAX_COORDINATOR_ADDRESS (ranks then come from OMPI_COMM_WORLD_*).
 """
@@ -168,8 +172,13 @@ LAUNCHERS: dict[str, Callable[[Mapping[str, str], Probes], dict | None]] = {
     "explicit": _explicit, "ompi": _ompi, "slurm": _slurm, "tpu-gke": _tpu_gke, "tpu-gce": _tpu_gce}
 
 
+SINGLE_PROCESS = "VIT_ADAPT_SINGLE_PROCESS"
+
+
 def detect(env: Mapping[str, str], probes: Probes) -> Launch | None:
   """The multi-process launch this environment describes, or None (one process: nothing to initialise)."""
+  if env.get(SINGLE_PROCESS, "0").strip() not in ("", "0"):
+    return None
   for kind, launcher in LAUNCHERS.items():
     kwargs = launcher(env, probes)
     if kwargs is not None:
