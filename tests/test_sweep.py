@@ -87,6 +87,7 @@ def test_device_pinning_env():
   gpu = sweep_devices.Devices("gpu", 4)
   env = sweep_devices.child_env(gpu, sweep_devices.Slot(2, 0), 1, base={"CUDA_VISIBLE_DEVICES": ""})
   assert env["CUDA_VISIBLE_DEVICES"] == "2" and env["VIT_ADAPT_SWEEP_DEVICE"] == "gpu:2"
+  assert env["VIT_ADAPT_SINGLE_PROCESS"] == "1"  # a child never joins the job the sweep runs in
   assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
   env = sweep_devices.child_env(gpu, sweep_devices.Slot(1, 1), 2)
   assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" and float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) < 0.5

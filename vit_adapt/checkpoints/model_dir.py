@@ -56,16 +56,19 @@ def save(directory: str, config: ml_collections.ConfigDict, variables: dict, *, 
   if scope not in SCOPES:
     raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
   directory = os.path.abspath(os.fspath(directory))
+  # In a multi-process job every process joins the orbax save (a collective); only the first writes the files.
+  lead = jax.process_index() == 0
   os.makedirs(directory, exist_ok=True)
-  if os.path.exists(os.path.join(directory, "meta.json")):  # overwriting: incomplete until the new one is written
+  if lead and os.path.exists(os.path.join(directory, "meta.json")):  # overwriting: incomplete until rewritten
     os.remove(os.path.join(directory, "meta.json"))
   variables = {k: v for k, v in dict(variables).items() if v}
   stored = dict(variables)
   if scope == "trainable":
     stored["params"], _ = params_lib.split_params(variables["params"], trainable)
     stored = {k: v for k, v in stored.items() if v}
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  if lead:
+    with open(os.path.join(directory, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
   info = {"format": FORMAT, "version": VERSION, "scope": scope, "method": config.method.name,
           "variant": config.model.variant, "collections": sorted(stored),
           "num_params": int(sum(np.prod(np.shape(x)) for x in traverse_util.flatten_dict(
@@ -79,8 +82,9 @@ def save(directory: str, config: ml_collections.ConfigDict, variables: dict, *, 
   ckptr.save(os.path.join(directory, "variables"), _to_numpy(stored), force=True)
   ckptr.wait_until_finished()
   # meta.json last: its presence marks a complete directory.
-  with open(os.path.join(directory, "meta.json"), "w") as f:
-    json.dump(info, f, indent=2, sort_keys=True)
+  if lead:
+    with open(os.path.join(directory, "meta.json"), "w") as f:
+      json.dump(info, f, indent=2, sort_keys=True)
   return directory
 
 

@@ -14,7 +14,7 @@ its device through the environment:
         with sched_setaffinity, so N runs do not fight over the same cores.
 
 Every child also gets VIT_ADAPT_SWEEP_DEVICE=<platform>:<index>, which the runner records in the sweep state
-and the run's log.
+and the run's log, and VIT_ADAPT_SINGLE_PROCESS=1: it never joins a multi-process job the sweep runs in.
 """
 
 from __future__ import annotations
@@ -86,6 +86,9 @@ def child_env(devices: Devices, slot: Slot, runs_per_device: int, base: dict | N
   """The environment of a child run pinned to `slot`."""
   env = dict(os.environ if base is None else base)
   env["VIT_ADAPT_SWEEP_DEVICE"] = f"{devices.platform}:{slot.device}"
+  # A child is one process on one device, even when the sweep runs inside a multi-process job (one sweep per
+  # host of a pod slice, per srun task): it must not join that job (vit_adapt.train.cluster.SINGLE_PROCESS).
+  env["VIT_ADAPT_SINGLE_PROCESS"] = "1"
   if devices.platform == "gpu":
     env["CUDA_VISIBLE_DEVICES"] = _visible_ids("CUDA_VISIBLE_DEVICES", devices.count)[slot.device]
     if runs_per_device > 1:

@@ -11,30 +11,31 @@ import os
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from vit_adapt.errors import UserError
+from vit_adapt.train import cluster
 
 _initialized = False
 
 
-def maybe_initialize_distributed() -> None:
-  """Calls `jax.distributed.initialize()` when the environment describes a multi-process job.
-
-  JAX auto-detects the coordinator on Cloud TPU pods, SLURM and Open MPI; `JAX_COORDINATOR_ADDRESS` (+
-  `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`) configures it explicitly. A single process needs nothing.
-  """
+def maybe_initialize_distributed() -> cluster.Launch | None:
+  """Initialises `jax.distributed` when this process is one of a multi-process job (`cluster.detect`: explicit
+  JAX_COORDINATOR_ADDRESS/JAX_NUM_PROCESSES/JAX_PROCESS_ID, Open MPI, SLURM, Cloud TPU pod slices); a single
+  process needs nothing. Must run before anything touches a JAX backend. -> the launch, or None."""
   global _initialized
-  if _initialized:
-    return
-  env = os.environ
-  multi = (bool(env.get("JAX_COORDINATOR_ADDRESS"))
-           or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-           or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
-           or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
-  if multi:
-    jax.distributed.initialize()
+  if _initialized or jax.distributed.is_initialized():  # once per process (the caller may have done it)
+    return None
+  launch = cluster.detect(os.environ, cluster.DEFAULT_PROBES)
+  if launch is not None:
+    logging.info("Multi-process job (%s): jax.distributed.initialize(%s)", launch.kind,
+                 ", ".join(f"{k}={v!r}" for k, v in launch.init_kwargs.items()))
+    jax.distributed.initialize(**launch.init_kwargs)
+    logging.info("Process %d of %d: %d local devices of %d", jax.process_index(), jax.process_count(),
+                 jax.local_device_count(), jax.device_count())
   _initialized = True
+  return launch
 
 
 def make_mesh() -> Mesh:
