@@ -62,7 +62,7 @@ def report(config, model, variables, *, example_input, trainable, train_memory_b
     t = inference_throughput(model, variables, example_input(config, config.efficiency.batch_size),
                              repeats=config.efficiency.repeats)
     out.update(throughput_images_per_s=t["images_per_s"], throughput_median_batch_s=t["median_s"])
-  out.update(batch_size=config.efficiency.batch_size, dtype=config.model.dtype,
+  out.update(batch_size=config.efficiency.batch_size, dtype=vit.resolve_dtype(config.model.dtype),
              device=measure.device_description(), image_size=size)
   out.update(peak_train_memory_bytes=int(train_memory_bytes), train_batch_size=config.train.batch_size)
   return out
