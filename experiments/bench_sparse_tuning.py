@@ -54,7 +54,7 @@ def compiled_fns(model, method, variables, args):
   images = jax.random.uniform(jax.random.PRNGKey(1), (b, s, s, 3), minval=-1, maxval=1)
   labels = jax.nn.one_hot(jnp.arange(b) % 100, 100)
   infer_fn = lambda v, x: model.apply(v, x, train=False)[0]
-  gmacs = efficiency_lib.compiled_gmacs(infer_fn, variables, images[:1])
+  gmacs = efficiency_lib.lowered_gmacs(infer_fn, variables, images[:1])
   infer = jax.jit(infer_fn).lower(variables, images).compile()
 
   trainable, frozen = methods.split_params(variables["params"], method.trainable)

@@ -63,6 +63,6 @@ def test_compiled_capacity_program_matches_paper_count():
   model = _b16(inference="capacity", capacity_rate=0.5)
   x = jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32)
   params = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 224, 224, 3))))
-  gmacs = efficiency_lib.compiled_gmacs(lambda v, im: model.apply(v, im)[0], params, x)
+  gmacs = efficiency_lib.lowered_gmacs(lambda v, im: model.apply(v, im)[0], params, x)
   # Compiled counts dots only (no LayerNorm: -0.014 G) plus the routers (+0.002 G).
   assert gmacs == pytest.approx(12.087, rel=0.01), gmacs

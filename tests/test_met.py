@@ -153,7 +153,7 @@ def test_exit_costs_add_up_to_the_compiled_full_model(built):
   assert len(costs) == 4 and all(b > a for a, b in zip(costs, costs[1:]))
   x = jnp.zeros((1, 16, 16, 3))
   # The full pass returning every exit's logits (returning only the last would let XLA drop the early heads).
-  full = efficiency_lib.compiled_gmacs(lambda p, im: model.apply({"params": p}, im)[1]["exit_logits"], params, x)
+  full = efficiency_lib.lowered_gmacs(lambda p, im: model.apply({"params": p}, im)[1]["exit_logits"], params, x)
   assert costs[-1] == pytest.approx(full, rel=1e-4)
   # Equal stages cost the same.
   np.testing.assert_allclose(np.diff(costs[:3]), np.diff(costs[:3])[0], rtol=1e-4)

@@ -1,9 +1,9 @@
-"""GMACs of Sparse-Tuning's compiled inference program at ViT-B/16, 224 px (compile only, abstract parameters).
+"""GMACs of Sparse-Tuning's inference program at ViT-B/16, 224 px (lowering only, abstract parameters).
 
 The paper's fvcore counts (one multiply-add per MAC, matmuls and convolutions): 11.79 G with token fusion, 11.66 G
-without, dense ViT-B/16 17.58 G. We count the dot/convolution multiply-adds of the program XLA compiles, through
+without, dense ViT-B/16 17.58 G. We count the dot/convolution multiply-adds of the program (its lowered module, as XLA keeps them), through
 the same `vit_adapt.efficiency.report.gmacs_per_image` that writes `results.json`, so the reduction is real (the reduced
-token counts are in the compiled shapes), not a formula. The released adapter matches the official code's count;
+token counts are in the program's shapes), not a formula. The released adapter matches the official code's count;
 the paper adapter has two more down-projections per block (+0.08 G).
 """
 

@@ -175,8 +175,8 @@ def test_no_gradient_flows_into_the_image_path():
 def _grad_to_forward_macs(model, method, params, x, y):
   trainable, frozen = base.split_params(params, method.trainable)
   rng = jax.random.PRNGKey(0)
-  fwd = efficiency_lib.compiled_macs(lambda t: _loss(model, t, frozen, x, y, rng), trainable)
-  grad = efficiency_lib.compiled_macs(jax.value_and_grad(lambda t: _loss(model, t, frozen, x, y, rng)), trainable)
+  fwd = efficiency_lib.lowered_macs(lambda t: _loss(model, t, frozen, x, y, rng), trainable)
+  grad = efficiency_lib.lowered_macs(jax.value_and_grad(lambda t: _loss(model, t, frozen, x, y, rng)), trainable)
   return grad / fwd
 
 

@@ -11,7 +11,8 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   model.init                backbone checkpoint (Google .npz, timm .safetensors/.pth, a vit_adapt directory, or a name
                             such as vit-b16-in21k, downloaded once: docs/checkpoints.md)
   model.image_size          input resolution; position embeddings are resampled on load when it differs
-  model.dtype               compute dtype: 'float32' or 'bfloat16' (parameters stay float32)
+  model.dtype               compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16';
+                            parameters and optimizer state stay float32
   model.pool, dropout, drop_path, head_init_std
   dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...), 'fgvc/<name>' or 'demo/digits'
   dataset.source            'tfds' | 'folder' | 'demo'
@@ -95,7 +96,7 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
   c.seed = seed
 
   c.model = ml_collections.ConfigDict(dict(
-      variant="B/16", init="", image_size=224, dtype="float32", pool="tok", dropout=0.0, drop_path=0.0,
+      variant="B/16", init="", image_size=224, dtype="auto", pool="tok", dropout=0.0, drop_path=0.0,
       head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0))
 
   c.dataset = ml_collections.ConfigDict(dict(

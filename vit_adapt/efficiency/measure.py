@@ -1,12 +1,23 @@
-"""Measurements every method shares: GMACs and memory from the compiled program, timed throughput.
+"""Measurements every method shares: GMACs of the program, memory of the compiled one, timed throughput.
 
 GMACs (the unit the papers call GFLOPs, counted with fvcore: one multiply-add = one FLOP, matmuls and convs):
-the multiply-adds of every `dot` and `convolution` instruction of the compiled (optimised) HLO module. We do
-not use XLA's `cost_analysis()['flops'] / 2` directly because it also counts the ~40 flops per element of the
-exact-erf GELU polynomial (+0.2 G on ViT-B/16: 17.83 instead of 17.6); it is still reported as
-`xla_gmacs_all_ops`. Programs with data-dependent compute (`lax.switch` over capacities) count each branch they
-contain, so methods that branch account per branch (see their `gmacs` functions). Throughput: compile ahead of time, warm up, then the median of repeated timed
-calls with `block_until_ready`. Memory: `compiled.memory_analysis()` (arguments + outputs + temporaries).
+the multiply-adds of every `dot` and `convolution` instruction of the program as JAX lowers it, BEFORE backend
+optimisation (`lowered_macs`: `jax.jit(fn).lower(...).as_text(dialect="hlo")`). That module is the same on CPU,
+GPU and TPU, so a config has one figure everywhere; the optimised module is not: on GPU XLA rewrites matmuls and
+convolutions into cuBLAS/cuDNN `custom-call`s (`__cublas$gemm`, `__cudnn$convForward`), which are not dot
+instructions. The backend-optimised module is therefore never counted: `hlo_macs` raises on a module with such
+library calls (tests/data/gpu_optimised.hlo) rather than return a figure that misses them. What XLA would
+remove before running is not counted either, so the figure equals the count of the optimised CPU program:
+instructions the result does not depend on (dead code), and repeated computations (CSE: an instruction equal to an
+earlier one, called computations compared by contents). A computation counts once per `call` site, a while body
+once, and every branch of a conditional once: programs with data-dependent compute (`lax.switch` over capacities)
+count each branch they contain, so methods that branch account per branch (see their `gmacs` functions).
+
+We do not use XLA's `cost_analysis()['flops'] / 2` directly because it also counts the ~40 flops per element of
+the exact-erf GELU polynomial (+0.2 G on ViT-B/16: 17.83 instead of 17.6) and depends on the backend; it stays
+available as `compiled_flops` (XLA's all-ops figure). Throughput: compile ahead of time, warm up, then the median
+of repeated timed calls with `block_until_ready`. Memory: `compiled.memory_analysis()` (arguments + outputs +
+temporaries).
 """
 
 from __future__ import annotations
@@ -28,43 +39,166 @@ def _cost(compiled) -> dict:
   return cost or {}
 
 
-_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*\w+\[([\d,]*)\][^ ]*\s+(\w[\w-]*)\((.*)$")
+# One instruction: `[ROOT] [%]name = type opcode(operands), attributes`, the type an array (`f32[4,8]{1,0}`) or
+# a tuple (`(f32[1,8]{1,0}, s32[1,8]{1,0})`). Names carry `%` in compiled modules and not in lowered ones;
+# operands may be written with their types (`f32[4,8]{1,0} %a`).
+_INSTR = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([\w-]+)\((.*)$")
+_ARRAY = re.compile(r"^\w+\[([\d,]*)\]")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*(?:\(.*\)\s*->\s*.*)?\{\s*$")
+# Attributes naming the computations an instruction runs: calls (per call site), while bodies/conditions (once,
+# like the optimised count), conditional branches (each once), reductions' and fusions' computations.
+_CALLEES = re.compile(r"\b(?:to_apply|calls|body|condition|true_computation|false_computation)=%?([\w.\-]+)"
+                      r"|\bbranch_computations=\{([^}]*)\}")
+_METADATA = re.compile(r",?\s*metadata=\{[^}]*\}")
+# Backend library calls that hide multiply-adds from this count (XLA's GPU and CPU rewrites of dot/convolution).
+_LIBRARY_CALL = re.compile(r'custom_call_target="(__cublas[^"]*|__cudnn[^"]*|__onednn[^"]*|__triton[^"]*)"')
 
 
 def _dims(s: str) -> list[int]:
   return [int(d) for d in s.split(",") if d]
 
 
-def hlo_macs(hlo_text: str) -> int:
-  """Multiply-adds of all dot/convolution instructions in an HLO module's text."""
-  shapes: dict[str, list[int]] = {}
-  total = 0
+def _split_operands(rest: str) -> tuple[list[str], str]:
+  """`operands), attributes` (the text after an opcode's parenthesis) -> (operand names, attributes)."""
+  depth, end = 0, len(rest)
+  for i, ch in enumerate(rest):  # operands may carry shapes/layouts with nested brackets
+    if ch in "([{":
+      depth += 1
+    elif ch in ")]}":
+      if depth == 0:
+        end = i
+        break
+      depth -= 1
+  operands = re.sub(r"/\*.*?\*/", "", rest[:end])  # long lists carry `/*index=5*/` markers
+  names = [o.split()[-1].lstrip("%") for o in re.split(r",\s*(?![^\[{]*[\]}])", operands) if o.strip()]
+  return names, _METADATA.sub("", rest[end + 1:])
+
+
+def _instruction_macs(dims: list[int], op: str, operands: list[str], rest: str, shapes: dict[str, list[int]]) -> int:
+  if op not in ("dot", "convolution"):
+    return 0
+  out = int(np.prod(dims)) if dims else 1
+  if op == "dot":
+    contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    lhs = shapes.get(operands[0], [])
+    return out * (int(np.prod([lhs[i] for i in _dims(contracting.group(1))])) if contracting else 1)
+  kernel = shapes.get(operands[1], [])
+  labels = re.search(r"dim_labels=\w+_(\w+)->", rest).group(1)
+  # Kernel = spatial x (in / groups) x out, so kernel elements per output = MACs per output element.
+  return out * (int(np.prod(kernel)) // kernel[labels.index("o")])
+
+
+@dataclasses.dataclass
+class _Instruction:
+  macs: int
+  operands: list[str]
+  callees: list[str]
+
+
+def _callee_names(attributes: str) -> list[str]:
+  names = []
+  for single, several in _CALLEES.findall(attributes):
+    names += [single] if single else [c.strip().lstrip("%") for c in several.split(",") if c.strip()]
+  return names
+
+
+def _parse(hlo_text: str) -> tuple[str, dict[str, dict[str, _Instruction]], dict[str, str]]:
+  """-> (entry name, {computation: {instruction: _Instruction}}, {computation: its ROOT instruction}).
+
+  Common subexpressions are merged as XLA's CSE pass does: an instruction with the same type, opcode, operands
+  and attributes as an earlier one of its computation is that instruction, computations it calls compared by
+  their contents (the lowered module may compute a value twice, e.g. a method that recomputes a block's keys,
+  each reduction with its own copy of `add`; XLA computes it once).
+  """
+  computations: dict[str, dict[str, _Instruction]] = {}
+  roots: dict[str, str] = {}
+  same_as: dict[str, str] = {}  # computation -> the first computation with the same contents
+  by_contents: dict[tuple, str] = {}
+  entry, current, body, position = None, None, [], {}
+
+  def canonical_callee(m: re.Match) -> str:
+    return re.sub(r"[\w.\-]+", lambda n: same_as.get(n.group(0), n.group(0)), m.group(0).split("=", 1)[1])
+
+  def finish():
+    if current is not None:
+      contents = (tuple(body), position.get(roots.get(current)))
+      same_as[current] = by_contents.setdefault(contents, current)
+
   for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header and not line.startswith(" "):
+      finish()
+      current, shapes, alias, seen, body, position = header.group(1), {}, {}, {}, [], {}
+      computations[current] = {}
+      entry = current if line.startswith("ENTRY") else entry
+      continue
     m = _INSTR.match(line)
-    if not m:
+    if current is None or not m:
       continue
-    name, dims, op, rest = m.group(1), _dims(m.group(2)), m.group(3), m.group(4)
-    shapes[name] = dims
-    if op not in ("dot", "convolution"):
-      continue
-    operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
-    out = int(np.prod(dims)) if dims else 1
-    if op == "dot":
-      contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
-      lhs = shapes.get(operands[0], [])
-      k = int(np.prod([lhs[i] for i in _dims(contracting.group(1))])) if contracting else 1
-      total += out * k
+    name, shape, op = m.group(1), m.group(2), m.group(3)
+    operands, attributes = _split_operands(m.group(4))
+    operands = [alias.get(o, o) for o in operands]
+    key = (shape, op, tuple(operands), _CALLEES.sub(canonical_callee, attributes))
+    if op != "parameter" and key in seen:
+      alias[name] = seen[key]
     else:
-      kernel = shapes.get(operands[1], [])
-      labels = re.search(r"dim_labels=\w+_(\w+)->", rest).group(1)
-      # Kernel = spatial x (in / groups) x out, so kernel elements per output = MACs per output element.
-      total += out * (int(np.prod(kernel)) // kernel[labels.index("o")])
-  return total
+      seen[key] = name
+      position[name] = len(position)
+      body.append((shape, op, tuple(position.get(o, o) for o in operands), key[3]))
+      array = _ARRAY.match(shape)
+      dims = _dims(array.group(1)) if array else []
+      shapes[name] = dims
+      computations[current][name] = _Instruction(_instruction_macs(dims, op, operands, attributes, shapes),
+                                                 operands, _callee_names(attributes))
+    if line.lstrip().startswith("ROOT"):
+      roots[current] = alias.get(name, name)
+  finish()
+  if entry is None:
+    raise ValueError("not an HLO module: no ENTRY computation")
+  return entry, computations, roots
 
 
-def compiled_macs(fn: Callable, *args, **kwargs) -> int:
-  """Multiply-adds of `jax.jit(fn)(*args)` as XLA compiles it (what actually runs, not a formula)."""
-  return hlo_macs(jax.jit(fn).lower(*args, **kwargs).compile().as_text())
+def hlo_macs(hlo_text: str) -> int:
+  """Multiply-adds of the dot/convolution instructions an HLO module's entry computation runs.
+
+  Counts what XLA keeps: only instructions the computation's result depends on (dead code, which the lowered
+  module may still hold, does not count), and a computation once per live instruction that runs it (a `call` per
+  call site, a while body once, every branch of a conditional once). Raises ValueError on a backend-optimised
+  module whose dots became library calls (cuBLAS/cuDNN/oneDNN), which this count cannot see.
+  """
+  library = _LIBRARY_CALL.search(hlo_text)
+  if library:
+    raise ValueError(f"HLO module calls {library.group(1)}: it is backend-optimised and its matmuls are not dot "
+                     "instructions; count the lowered module instead (lowered_macs).")
+  entry, computations, roots = _parse(hlo_text)
+  memo: dict[str, int] = {}
+
+  def total(c: str) -> int:
+    if c not in memo:
+      instructions, live, todo = computations[c], set(), [roots[c]]
+      while todo:  # instructions the ROOT depends on
+        name = todo.pop()
+        if name in instructions and name not in live:
+          live.add(name)
+          todo += instructions[name].operands
+      memo[c] = sum(instructions[n].macs + sum(total(k) for k in instructions[n].callees) for n in live)
+    return memo[c]
+  return total(entry)
+
+
+def lowered_hlo(fn: Callable, *args, **kwargs) -> str:
+  """HLO text of `jax.jit(fn)(*args)` as lowered, before any backend optimisation (the same on every backend)."""
+  lowered = jax.jit(fn).lower(*args, **kwargs)
+  try:
+    return lowered.as_text(dialect="hlo")
+  except (TypeError, ValueError):  # a JAX without the `dialect` argument
+    return lowered.compiler_ir("hlo").as_hlo_text()
+
+
+def lowered_macs(fn: Callable, *args, **kwargs) -> int:
+  """Multiply-adds of `jax.jit(fn)(*args)`: the dots and convolutions of the program itself, counted on the
+  lowered module so that CPU, GPU and TPU give the same number (see the module docstring)."""
+  return hlo_macs(lowered_hlo(fn, *args, **kwargs))
 
 
 def compiled_flops(fn: Callable, *args, **kwargs) -> float:
@@ -72,9 +206,9 @@ def compiled_flops(fn: Callable, *args, **kwargs) -> float:
   return float(_cost(jax.jit(fn).lower(*args, **kwargs).compile()).get("flops", 0.0))
 
 
-def compiled_gmacs(fn: Callable, *args, batch_size: int = 1, **kwargs) -> float:
+def lowered_gmacs(fn: Callable, *args, batch_size: int = 1, **kwargs) -> float:
   """Multiply-adds (dot + convolution) per example, in G."""
-  return compiled_macs(fn, *args, **kwargs) / batch_size / 1e9
+  return lowered_macs(fn, *args, **kwargs) / batch_size / 1e9
 
 
 @dataclasses.dataclass

@@ -4,8 +4,8 @@ Library (`report`, `gmacs_per_example`, `inference_throughput`) used by the trai
 
   python -m vit_adapt.efficiency --config=configs/adapter_vtab.py [--checkpoint=DIR] [--output=report.json]
 
-GMACs are counted on the compiled inference program (`measure.py`: multiply-adds of every dot/convolution;
-the papers' "GFLOPs"), so they describe what actually runs. For a method whose compute depends on the input
+GMACs are counted on the inference program before backend optimisation (`measure.py`: multiply-adds of every
+dot/convolution XLA keeps; the papers' "GFLOPs"), so they describe what runs and are the same on every backend. For a method whose compute depends on the input
 (DyT's token dispatch, MET's early exits) the method reports a per-example `gmacs` statistic from its inference
 pass and the report gives its average over the evaluated images (`gmacs_source: 'eval_average'`); the trainer
 does this on the eval split, the CLI does it when the data is available. Throughput: ahead-of-time compile,
@@ -28,9 +28,9 @@ def inference_fn(model):
 
 
 def gmacs_per_example(model, variables, example: jax.ShapeDtypeStruct) -> float:
-  """Multiply-adds of one example (`example`: its input, batch 1) through the compiled inference path.
+  """Multiply-adds of one example (`example`: its input, batch 1) through the inference program.
   `variables` may be ShapeDtypeStructs."""
-  return measure.compiled_gmacs(inference_fn(model), variables, example)
+  return measure.lowered_gmacs(inference_fn(model), variables, example)
 
 
 def gmacs_per_image(model, variables, image_size: int) -> float:
@@ -51,18 +51,18 @@ def report(config, model, variables, *, example_input, trainable, train_memory_b
   is the trainable tree (after the optimizer's policies); `train_memory_bytes` the compiled training step's
   peak (`vit_adapt.train.step.train_step_memory`, or the trainer's own compiled step)."""
   size = config.model.image_size
-  compiled_gmacs = gmacs_per_example(model, variables, example_input(config, 1))
-  out = {"gmacs_per_image": compiled_gmacs, "gmacs_source": "compiled"}
+  program_gmacs = gmacs_per_example(model, variables, example_input(config, 1))
+  out = {"gmacs_per_image": program_gmacs, "gmacs_source": "program"}
   if eval_stats and "gmacs" in eval_stats:
     # Input-dependent compute: the average the method measured over the evaluated images (as the papers do).
     out.update(gmacs_per_image=float(eval_stats["gmacs"]), gmacs_source="eval_average",
-               gmacs_compiled_program=compiled_gmacs)
+               gmacs_program=program_gmacs)
   out.update(trainable_params=vit.count_params(trainable), total_params=vit.count_params(variables["params"]))
   if measure_throughput:
     t = inference_throughput(model, variables, example_input(config, config.efficiency.batch_size),
                              repeats=config.efficiency.repeats)
     out.update(throughput_images_per_s=t["images_per_s"], throughput_median_batch_s=t["median_s"])
-  out.update(batch_size=config.efficiency.batch_size, dtype=config.model.dtype,
+  out.update(batch_size=config.efficiency.batch_size, dtype=vit.resolve_dtype(config.model.dtype),
              device=measure.device_description(), image_size=size)
   out.update(peak_train_memory_bytes=int(train_memory_bytes), train_batch_size=config.train.batch_size)
   return out

@@ -370,6 +370,24 @@ class VisionTransformer(nn.Module):
     return logits.astype(jnp.float32), out
 
 
+# Compute dtypes of `config.model.dtype`. 'auto' is bfloat16 on the backends with fast bfloat16 matmuls (GPU
+# tensor cores, TPU MXUs) and float32 elsewhere, so CPU runs keep float32 results; parameters and optimizer state
+# are float32 in every case (the modules' param_dtype).
+_COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+_BFLOAT16_BACKENDS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def resolve_dtype(name: str, backend: str | None = None) -> str:
+  """`config.model.dtype` -> 'float32' or 'bfloat16'; 'auto' by `backend` (default: `jax.default_backend()`)."""
+  if name == "auto":
+    backend = (backend or jax.default_backend()).lower()
+    return "bfloat16" if backend in _BFLOAT16_BACKENDS else "float32"
+  if name not in _COMPUTE_DTYPES:
+    raise UserError(f"config.model.dtype={name!r}: use 'auto' (bfloat16 on GPU/TPU, float32 on CPU), "
+                    "'float32' or 'bfloat16'.")
+  return name
+
+
 def backbone_kwargs(model_config, num_classes: int) -> dict:
   """Keyword arguments of `VisionTransformer` from `config.model` (shared by every method)."""
   shape = decode_variant(model_config.variant, width=model_config.get("width", 0),
@@ -378,9 +396,7 @@ def backbone_kwargs(model_config, num_classes: int) -> dict:
   if model_config.image_size % shape.patch_size:
     raise UserError(f"config.model.image_size={model_config.image_size} is not a multiple of the patch size "
                     f"{shape.patch_size} of variant {model_config.variant!r}.")
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(model_config.get("dtype", "float32"))
-  if dtype is None:
-    raise UserError(f"config.model.dtype={model_config.dtype!r}: use 'float32' or 'bfloat16'.")
+  dtype = _COMPUTE_DTYPES[resolve_dtype(model_config.get("dtype", "auto"))]
   return dict(num_classes=num_classes, width=shape.width, depth=shape.depth, mlp_dim=shape.mlp_dim,
               num_heads=shape.num_heads, patch_size=shape.patch_size, image_size=model_config.image_size,
               pool=model_config.get("pool", "tok"), dropout=model_config.get("dropout", 0.0),

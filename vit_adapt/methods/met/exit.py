@@ -8,8 +8,8 @@ branch per capacity, so only the chosen branch executes. Rows between the count 
 The result equals running the whole network and taking the first exit whose confidence reaches its threshold
 (`select_exit`), which tests/test_met.py::test_early_exit_equals_full_network_oracle checks.
 
-Costs: `exit_costs` compiles the stem and each stage (blocks + exit head) alone at batch 1 and counts the
-multiply-adds XLA actually emits (`efficiency_lib.compiled_gmacs`); the cumulative sums are the cost of stopping
+Costs: `exit_costs` lowers the stem and each stage (blocks + exit head) alone at batch 1 and counts the
+multiply-adds of the program (`efficiency_lib.lowered_gmacs`, the same on every backend); the cumulative sums are the cost of stopping
 at each exit. A whole early-exit program cannot be costed this way: it contains every branch.
 """
 
@@ -112,7 +112,7 @@ def _exit_costs(model_cls, items: tuple) -> tuple[float, ...]:
   size = model.image_size
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
-  cost = efficiency_lib.compiled_gmacs(lambda v, im: model.apply(v, im, method=model_cls.stem), variables, images)
+  cost = efficiency_lib.lowered_gmacs(lambda v, im: model.apply(v, im, method=model_cls.stem), variables, images)
   tokens_in = jax.ShapeDtypeStruct((1, 1 + model.num_patches, model.width), model.dtype)
   costs, per_shape = [], {}
   for k in range(model.num_exits):
@@ -121,7 +121,7 @@ def _exit_costs(model_cls, items: tuple) -> tuple[float, ...]:
     kind = (model.exits[k] - (model.exits[k - 1] if k else 0), k == model.num_exits - 1)
     if kind not in per_shape:
       fn = lambda v, t, k=k: model.apply(v, t, k, method=model_cls.stage_and_exit)
-      per_shape[kind] = efficiency_lib.compiled_gmacs(fn, variables, tokens_in)
+      per_shape[kind] = efficiency_lib.lowered_gmacs(fn, variables, tokens_in)
     cost += per_shape[kind]
     costs.append(float(cost))
   return tuple(costs)

@@ -1,0 +1,39 @@
+"""Compute precision: `config.model.dtype='auto'` (the default) is bfloat16 on GPU/TPU and float32 on CPU; the
+parameters stay float32 whatever the compute dtype."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from vit_adapt import config_lib, methods
+from vit_adapt.errors import UserError
+from vit_adapt.models import vit
+
+
+@pytest.mark.parametrize("name, backend, expected", [
+    ("auto", "cpu", "float32"), ("auto", "gpu", "bfloat16"), ("auto", "cuda", "bfloat16"),
+    ("auto", "tpu", "bfloat16"), ("auto", "TPU", "bfloat16"), ("auto", "rocm", "bfloat16"),
+    ("float32", "tpu", "float32"), ("bfloat16", "cpu", "bfloat16")])
+def test_resolve_dtype(name, backend, expected):
+  assert vit.resolve_dtype(name, backend) == expected
+
+
+def test_auto_is_the_default_and_float32_on_this_cpu():
+  config = config_lib.base_config("adapter")
+  assert config.model.dtype == "auto"
+  assert vit.resolve_dtype("auto") == ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+
+
+def test_unknown_dtype_names_the_key_and_the_choices():
+  with pytest.raises(UserError, match=r"config.model.dtype='float16'.*'auto'"):
+    vit.resolve_dtype("float16", "gpu")
+
+
+def test_bfloat16_compute_keeps_float32_parameters(tiny_config):
+  config = tiny_config("adapter", model=dict(dtype="bfloat16"))
+  model, method = methods.build_model(config)
+  assert model.dtype == jnp.bfloat16
+  variables = methods.init_variables(model, method, config)
+  assert {x.dtype for x in jax.tree_util.tree_leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
+  logits, _ = model.apply(variables, jnp.zeros((2, 32, 32, 3)))
+  assert logits.dtype == jnp.float32
