@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 import programs  # noqa: E402
-import timing  # noqa: E402
+import bench_timing as timing  # noqa: E402
 from vit_adapt.efficiency import measure  # noqa: E402
 
 # Dense peak TFLOP/s by device-kind substring (first match wins; order matters: 'v5 lite' before 'v5').

@@ -64,7 +64,7 @@ def images(batch: int, image_size: int, seed: int = 0):
 def timm_dense(backbone: dict, num_classes: int, variant: str):
   """timm's dense ViT with random weights: `vit_base_patch16_224` etc. at our image size, else the class."""
   _, timm = import_torch_timm()
-  size = backbone["patch_size"] * int(round(backbone["num_patches"] ** 0.5))
+  size = backbone["image_size"]
   if variant in TIMM_NAMES:
     model = timm.create_model(TIMM_NAMES[variant], pretrained=False, num_classes=num_classes, img_size=size)
     label = f"timm {TIMM_NAMES[variant]}"
@@ -120,7 +120,7 @@ def official_dyt(checkout: str, *, backbone: dict, num_classes: int, bottleneck:
   tuning = easydict(ffn_adapt=True, ffn_option="parallel", ffn_adapter_layernorm_option="none",
                     ffn_adapter_init_option="lora", ffn_adapter_scalar="0.1", ffn_num=bottleneck, d_model=768)
   select = easydict(open=True, keep_layers=0)
-  size = backbone["patch_size"] * int(round(backbone["num_patches"] ** 0.5))
+  size = backbone["image_size"]
   model = mod.vit_base_patch16_224_in21k(num_classes=num_classes, img_size=size, tuning_config=tuning,
                                          select_config=select)
   model = model.eval().to(x.device)
@@ -185,7 +185,7 @@ def official_sparse_tuning(checkout: str, *, backbone: dict, num_classes: int, s
   keep = [1] * backbone["depth"]
   for b in sparse_blocks:
     keep[b] = keep_rate
-  size = backbone["patch_size"] * int(round(backbone["num_patches"] ** 0.5))
+  size = backbone["image_size"]
   cfg = types.SimpleNamespace(ffn_adapt=True, ffn_option="parallel")
   kwargs = dict(patch_size=backbone["patch_size"], embed_dim=768, depth=backbone["depth"],
                 num_heads=backbone["num_heads"], keep_rate=keep, num_classes=num_classes, img_size=size,
