@@ -148,7 +148,7 @@ def main(argv=None) -> str:
       gm = t.info.get("gmacs", math.nan)
       u = mfu(gm, t.per_s("best"), peak)
       rows.append([job_kind, t.info.get("label", label), device, a.dtype, b, t.cell(),
-                   f"{gm:.2f}" if math.isfinite(gm) else "—", f"{100 * u:.1f} %" if u is not None else "—",
+                   f"{gm:.4g}" if math.isfinite(gm) else "—", f"{100 * u:.1f} %" if u is not None else "—",
                    t.info.get("notes", "")])
     write()
   text = write()

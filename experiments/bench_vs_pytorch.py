@@ -197,7 +197,7 @@ def program_rows(name: str, s: Setup, torch_side: TorchSide) -> list[list]:
     o = ours[d]
     gm = o.info.get("gmacs")
     rows.append([name, d, o.cell(), f"{t.info.get('label', t.name)} ({mode})", t.cell(), timing.ratio_cell(o, t),
-                 f"{gm:.2f}" if gm is not None else "—", o.info.get("info", "")])
+                 f"{gm:.4g}" if gm is not None else "—", o.info.get("info", "")])
   for t in list(ours.values()) + list(theirs.values()):
     t.run = None  # free the compiled programs and device buffers before the next program
   return rows

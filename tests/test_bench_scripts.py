@@ -72,7 +72,7 @@ def test_accelerator_suite_tiny(tmp_path):
   assert float(dense[6]) > 0 and dense[7] == "—"  # CPU: not in the peak table
   assert train[1] == "adapter" and NUMBER_CELL.match(train[5]), train
   # The training step (forward + backward) does more multiply-adds per image than the forward pass.
-  assert float(train[6]) > 2 * float(dense[6])
+  assert float(train[6]) > 1.5 * float(dense[6])
   assert bogus[5].startswith("error: unknown program")
 
 
