@@ -22,16 +22,21 @@ import argparse
 import statistics
 import time
 
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit_adapt.efficiency import measure as efficiency_lib
-from vit_adapt.methods import base
-from vit_adapt.methods import dyt
-from vit_adapt.methods.dyt import flops as dyt_flops
-from vit_adapt.models import vit
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from programs import calibrate_router_bias  # noqa: E402  (shared with the other benchmarks)
+from vit_adapt.efficiency import measure as efficiency_lib  # noqa: E402
+from vit_adapt.methods import dyt  # noqa: E402
+from vit_adapt.methods.dyt import flops as dyt_flops  # noqa: E402
+from vit_adapt.models import vit  # noqa: E402
 
 
 def build(variant, image_size, num_classes, **method):
@@ -43,19 +48,6 @@ def build(variant, image_size, num_classes, **method):
   c.update(method)
   kw.update(dyt.model_kwargs(c, kw))
   return dense, dyt.DyTVisionTransformer(**kw)
-
-
-def calibrate_router_bias(model, params, x, rate, iters=4):
-  """Per-layer router biases so that `rate` of the patch tokens of `x` are active in every layer (masked eval)."""
-  fwd = jax.jit(model.apply)
-  flat = base.flatten(params)
-  for _ in range(iters):
-    _, out = fwd({"params": base.unflatten(flat)}, x)
-    logits = np.asarray(out["dyt_logits"])  # (B, depth, N-1)
-    for i in range(logits.shape[1]):
-      key = f"Transformer/encoderblock_{i}/router/bias"
-      flat[key] = flat[key] - np.quantile(logits[:, i], 1.0 - rate)
-  return base.unflatten(flat)
 
 
 def main():

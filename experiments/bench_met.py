@@ -25,13 +25,11 @@ import time
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import programs  # noqa: E402  (shared with the other benchmarks: random exits, threshold calibration)
 from vit_adapt import config_lib, methods  # noqa: E402
-from vit_adapt.efficiency import measure as efficiency_lib
-from vit_adapt.methods.met import calibrate as met_calibrate
-from vit_adapt.methods import base  # noqa: E402
-from vit_adapt.methods.met import exit as met_exit
+from vit_adapt.efficiency import measure as efficiency_lib  # noqa: E402
 
 
 def build(variant: str, image_size: int, num_buckets: int, seed: int = 0):
@@ -39,13 +37,7 @@ def build(variant: str, image_size: int, num_buckets: int, seed: int = 0):
   c.model.update(variant=variant, image_size=image_size)
   c.method.num_buckets = num_buckets
   model, method = methods.build_model(c)
-  params = base.flatten(methods.init_variables(model, method, c)["params"])
-  key = jax.random.PRNGKey(seed + 1)
-  for name in sorted(params):
-    if name.endswith(("head/kernel", "up/kernel")):
-      key, sub = jax.random.split(key)
-      params[name] = jax.random.normal(sub, params[name].shape) * (0.05 if "up" in name else 0.3)
-  return model, {"params": base.unflatten(params)}
+  return model, {"params": programs.met_random_exits(methods.init_variables(model, method, c)["params"], seed)}
 
 
 def main():
@@ -65,11 +57,7 @@ def main():
                                                       args.image_size, 3))
 
   dense = model.clone(thresholds=(), inference="last")
-  probe = jax.jit(lambda v, x: met_exit.confidence(dense.apply(v, x)[1]["exit_logits"], model.confidence))
-  conf = np.concatenate([np.asarray(probe(variables, x), np.float64) for x in images], axis=1)
-  thresholds, _ = met_calibrate.thresholds_for_budget(conf, costs, args.budget * costs[-1])
-  exit_idx = met_calibrate.exits_taken(conf, thresholds)
-  avg = met_calibrate.average_cost(exit_idx, costs)
+  thresholds, exit_idx, avg = programs.met_thresholds(model, variables, images, args.budget)
 
   fns = {
       "full network": jax.jit(lambda v, x: dense.apply(v, x)[0]),

@@ -1,0 +1,93 @@
+"""experiments/bench_vs_pytorch.py and experiments/accelerator_suite.py run end to end with tiny settings (so the
+commands the README gives do not rot), a failing row becomes an error cell without ending the run, and MFU uses
+the peak table. Timings are never asserted; only that cells are numbers or the expected error."""
+
+import math
+import os
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+
+import accelerator_suite  # noqa: E402
+import bench_timing  # noqa: E402
+
+NUMBER_CELL = re.compile(r"^\d+(\.\d+)? \(\d+(\.\d+)?\)$")  # 'best (median)'
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+  """Markdown table rows by their first cell(s), ignoring header and separator."""
+  out = {}
+  for line in text.splitlines():
+    if line.startswith("| ") and not line.startswith("|---"):
+      cells = [c.strip() for c in line.strip().strip("|").split("|")]
+      out.setdefault(cells[0], []).append(cells)
+  return out
+
+
+def test_peak_table_and_mfu():
+  assert accelerator_suite.peak_flops("NVIDIA H200", "bfloat16") == 989e12
+  assert accelerator_suite.peak_flops("NVIDIA H100 80GB HBM3", "bfloat16") == 989e12
+  assert accelerator_suite.peak_flops("NVIDIA A100-SXM4-40GB", "bfloat16") == 312e12
+  assert accelerator_suite.peak_flops("TPU v5 lite", "bfloat16") == 197e12
+  assert accelerator_suite.peak_flops("TPU v5p", "bfloat16") == 459e12
+  assert accelerator_suite.peak_flops("TPU v6 lite", "bfloat16") == 918e12
+  assert accelerator_suite.peak_flops("TPU v4", "float32") is None
+  assert accelerator_suite.peak_flops("cpu", "bfloat16") is None
+  # 17.5 GMACs at 1000 images/s = 35 TFLOP/s achieved.
+  assert math.isclose(accelerator_suite.mfu(17.5, 1000.0, 350e12), 0.1)
+  assert accelerator_suite.mfu(17.5, 1000.0, None) is None
+  assert accelerator_suite.mfu(17.5, math.nan, 350e12) is None
+
+
+def test_failing_build_becomes_an_error_cell():
+  def broken():
+    raise RuntimeError("no such model\nsecond line")
+  bad = bench_timing.prepare("broken", broken)
+  good = bench_timing.prepare("good", lambda: ((lambda: 1), {"gmacs": 1.0}), batch=4)
+  bench_timing.interleaved([bad, good], rounds=3, max_seconds=10.0)
+  assert bad.cell() == "error: RuntimeError: no such model" and not bad.ok
+  assert good.ok and len(good.times) == 3 and NUMBER_CELL.match(good.cell())
+  assert bench_timing.ratio_cell(good, bad) == "—"
+  # A timer stops once its timed calls reach max_seconds (after one call).
+  capped = bench_timing.prepare("capped", lambda: ((lambda: 1), {}))
+  bench_timing.interleaved([capped], rounds=50, max_seconds=0.0)
+  assert len(capped.times) == 1
+
+
+@pytest.mark.slow
+def test_accelerator_suite_tiny(tmp_path):
+  out = tmp_path / "suite.md"
+  text = accelerator_suite.main(["--variant=Ti/16", "--image_size=32", "--batches=2", "--rounds=2",
+                                 "--programs=dense,no_such_program", "--train_methods=adapter", "--dtype=float32",
+                                 f"--out={out}"])
+  assert out.read_text() == text
+  rows = _rows(text)
+  dense = next(r for r in rows["inference"] if r[1] == "dense")
+  train = rows["train"][0]
+  bogus = next(r for r in rows["inference"] if r[1] == "no_such_program")
+  assert dense[3:5] == ["float32", "2"] and NUMBER_CELL.match(dense[5]), dense
+  assert float(dense[6]) > 0 and dense[7] == "—"  # CPU: not in the peak table
+  assert train[1] == "adapter" and NUMBER_CELL.match(train[5]), train
+  # The training step (forward + backward) does more multiply-adds per image than the forward pass.
+  assert float(train[6]) > 1.5 * float(dense[6])
+  assert bogus[5].startswith("error: unknown program")
+
+
+@pytest.mark.slow
+def test_bench_vs_pytorch_tiny(tmp_path):
+  pytest.importorskip("torch")
+  import bench_vs_pytorch
+  out = tmp_path / "bench.md"
+  text = bench_vs_pytorch.main(["--variant=Ti/16", "--image_size=32", "--batch=2", "--rounds=2", "--programs=dense",
+                                "--official_dyt=/nonexistent", f"--out={out}", "--max_seconds=5"])
+  assert out.read_text() == text
+  dense = _rows(text)["dense"][0]
+  assert dense[1] == "float32" and NUMBER_CELL.match(dense[2]), dense
+  assert dense[3].startswith("timm vit_tiny_patch16_224 (eager fp32)") and NUMBER_CELL.match(dense[4]), dense
+  assert NUMBER_CELL.match(dense[5]) and float(dense[6]) > 0
+  micro = _rows(text)
+  for op in bench_vs_pytorch.MICRO:
+    assert NUMBER_CELL.match(micro[op][0][1].split(",")[0]), micro[op]
