@@ -17,7 +17,7 @@ spent); images/s of the best call with the median in brackets. Bounds: building 
 is cut at `--build_seconds`; with `--max_total_seconds` the remaining rows are skipped once it is spent. The
 table is rewritten to `--out` after every row, so a run cut short keeps what it measured.
 GMACs per image: the method's own count for input-dependent programs (DyT, MET: the batch average), else the
-dot/conv multiply-adds counted by `vit_adapt.efficiency.measure.compiled_gmacs` (for a training step: the whole
+dot/conv multiply-adds counted by `vit_adapt.efficiency.measure.lowered_gmacs` (for a training step: the whole
 step's, forward + backward, per image).
 MFU = achieved FLOP/s (2 x GMACs x images/s) / the device's dense peak for the dtype, from `PEAK_TFLOPS` (bf16
 tensor-core peaks; float32 peaks are the non-tensor-core FP32 figures, and XLA may use TF32 for float32 matmuls

@@ -27,7 +27,7 @@ Bounds: a side stops after `--max_seconds` of timed calls; building a side (comp
 warm-up) is cut at `--build_seconds`; with `--max_total_seconds` the remaining programs are skipped once the
 budget is spent. The table is rewritten to `--out` after every program, so a run cut short keeps its rows.
 GMACs: per image, the method's own count for input-dependent programs (DyT, MET: average over the batch),
-else the compiled program's dot/conv multiply-adds (vit_adapt.efficiency.measure).
+else the lowered program's dot/conv multiply-adds, the same on every backend (vit_adapt.efficiency.measure).
 """
 
 from __future__ import annotations

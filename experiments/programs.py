@@ -7,7 +7,7 @@ everywhere:
   prog = programs.build("dyt threshold", variant="B/16", image_size=224, batch=8, dtype="float32", rate=0.5)
   run = prog.compile()             # zero-argument callable: one batch through the compiled program
   prog.gmacs                       # multiply-adds per image (the method's own per-image count where its
-                                   # compute depends on the input, else the compiled program's dot/conv count)
+                                   # compute depends on the input, else the lowered program's dot/conv count)
 
 Random weights (speed does not depend on their values) with the two exceptions that change the work done:
 DyT's routers get per-layer biases calibrated on the benchmark batch so that `rate` of the patch tokens are
@@ -182,18 +182,6 @@ names = list(SPECS)
 _GMACS_CACHE: dict[tuple, float] = {}
 
 
-def _cpu():
-  return jax.devices("cpu")[0]
-
-
-def on_cpu(tree):
-  """ShapeDtypeStructs placed on the CPU: GMACs are counted on the program the CPU compiler builds, whatever the
-  default backend (on GPU, XLA turns matmuls into library calls that a count of the optimised HLO's dots misses;
-  the CPU figures are the ones the docs quote)."""
-  sharding = jax.sharding.SingleDeviceSharding(_cpu())
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
-
-
 def build(name: str, *, variant: str = "B/16", image_size: int = 224, batch: int = 8, dtype: str = "float32",
           rate: float = 0.5, budget: float = 0.6, seed: int = 0, images: jax.Array | None = None) -> Program:
   """The program `name` (one of `names`) with random weights, calibrated on its own benchmark batch."""
@@ -202,8 +190,7 @@ def build(name: str, *, variant: str = "B/16", image_size: int = 224, batch: int
   spec = SPECS[name]
   c = experiment_config(spec.method, variant=variant, image_size=image_size, dtype=dtype, **spec.fields)
   c.seed = seed
-  with jax.default_device(_cpu()):  # MET counts its exit costs while the model is built: on the CPU, as above
-    model, method = methods.build_model(c)
+  model, method = methods.build_model(c)
   variables = dict(methods.init_variables(model, method, c, load_backbone=False))
   variables["params"] = perturb_trainable(variables["params"], method)
   if images is None:
@@ -217,14 +204,13 @@ def build(name: str, *, variant: str = "B/16", image_size: int = 224, batch: int
 
 def _gmacs(prog: Program, stats: dict) -> float:
   """Per-image GMACs: the method's own count when it reports one (input-dependent compute: DyT, MET; the
-  average over the batch, as the papers and the efficiency report do), else the compiled program's."""
+  average over the batch, as the papers and the efficiency report do), else the lowered program's (the same figure
+  on every backend, vit_adapt.efficiency.measure)."""
   if "gmacs" in stats:
     return float(jnp.mean(stats["gmacs"]))
   key = (prog.name, prog.config.model.variant, prog.config.model.image_size)
   if key not in _GMACS_CACHE:  # the same for every dtype and batch: count once
-    with jax.default_device(_cpu()):
-      _GMACS_CACHE[key] = measure.compiled_gmacs(lambda v, x: prog.fn()(v, x)[0], on_cpu(prog.variables),
-                                                 on_cpu(prog.images[:1]))
+    _GMACS_CACHE[key] = measure.lowered_gmacs(lambda v, x: prog.fn()(v, x)[0], prog.variables, prog.images[:1])
   return _GMACS_CACHE[key]
 
 
@@ -239,7 +225,7 @@ class TrainStep:
   name: str
   batch: int
   run: Callable[[], Any]   # one step (the state is donated and carried over)
-  gmacs: float             # multiply-adds of the compiled step per image
+  gmacs: float             # multiply-adds of the lowered step per image
 
 
 def build_train_step(method: str, *, variant: str = "B/16", image_size: int = 224, batch: int = 64,
@@ -251,8 +237,7 @@ def build_train_step(method: str, *, variant: str = "B/16", image_size: int = 22
   c = experiment_config(method, variant=variant, image_size=image_size, dtype=dtype)
   c.seed, c.train.batch_size = seed, batch
   task = tasks.for_config(c)
-  with jax.default_device(_cpu()):
-    model, m = methods.build_model(c)
+  model, m = methods.build_model(c)
   variables = methods.init_variables(model, m, c, load_backbone=False)
   trainable, frozen = optim.split_trainable(variables["params"], m, c.optim)
   model_state = {k: v for k, v in variables.items() if k != "params"}
@@ -260,8 +245,7 @@ def build_train_step(method: str, *, variant: str = "B/16", image_size: int = 22
   step = step_lib.make_train_step(model, m, c, tx, sched, task)
   data = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), task.batch_spec(c, batch))
   state = step_lib.create(trainable, model_state, tx, c.seed)
-  with jax.default_device(_cpu()):  # counted on the CPU program, see on_cpu
-    gmacs = measure.compiled_gmacs(step, *on_cpu((state, frozen, data)), batch_size=batch)
+  gmacs = measure.lowered_gmacs(step, state, frozen, data, batch_size=batch)
   compiled = jax.jit(step, donate_argnums=0).lower(state, frozen, data).compile()
   holder = [state]
 
