@@ -37,3 +37,30 @@ def test_bfloat16_compute_keeps_float32_parameters(tiny_config):
   assert {x.dtype for x in jax.tree_util.tree_leaves(variables["params"])} == {jnp.dtype(jnp.float32)}
   logits, _ = model.apply(variables, jnp.zeros((2, 32, 32, 3)))
   assert logits.dtype == jnp.float32
+
+
+def test_fused_attention_equals_the_explicit_path_in_float32():
+  attn = vit.Attention(num_heads=3, width=48)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 17, 48))
+  params = attn.init(jax.random.PRNGKey(1), x)
+  fused, none = attn.apply(params, *attn.apply(params, x, method="qkv"), method="attend")
+  explicit, probs = attn.apply(params, *attn.apply(params, x, method="qkv"), method="explicit_attention")
+  assert none is None and probs.shape == (2, 3, 17, 17)
+  assert jnp.abs(fused - explicit).max() < 1e-5
+  # Asking for the probabilities, or passing a mask, takes the explicit path.
+  out, p = attn.apply(params, *attn.apply(params, x, method="qkv"), return_probs=True, method="attend")
+  assert jnp.array_equal(out, explicit) and jnp.array_equal(p, probs)
+
+
+def test_a_whole_model_and_its_gmacs_are_unchanged_by_the_fused_path(tiny_config, monkeypatch):
+  from vit_adapt.efficiency import measure
+  config = tiny_config("lora")
+  model, method = methods.build_model(config)
+  variables = methods.init_variables(model, method, config)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 32, 32, 3))
+  fn = lambda v, im: model.apply(v, im)[0]
+  fused, macs = fn(variables, x), measure.lowered_macs(fn, variables, x)
+  monkeypatch.setattr(vit.Attention, "attend",
+                      lambda self, q, k, v, mask=None, return_probs=False: self.explicit_attention(q, k, v, mask))
+  assert jnp.abs(fn(variables, x) - fused).max() < 1e-5
+  assert measure.lowered_macs(fn, variables, x) == macs

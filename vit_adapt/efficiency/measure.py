@@ -9,7 +9,8 @@ instructions. The backend-optimised module is therefore never counted: `hlo_macs
 library calls (tests/data/gpu_optimised.hlo) rather than return a figure that misses them. What XLA would
 remove before running is not counted either, so the figure equals the count of the optimised CPU program:
 instructions the result does not depend on (dead code), and repeated computations (CSE: an instruction equal to an
-earlier one, called computations compared by contents). A computation counts once per `call` site, a while body
+earlier one, called computations compared by contents). Attention is traced on XLA's path for the count
+(`vit.xla_attention`; on GPU the model runs cuDNN's fused attention, a custom-call with the same matmuls). A computation counts once per `call` site, a while body
 once, and every branch of a conditional once: programs with data-dependent compute (`lax.switch` over capacities)
 count each branch they contain, so methods that branch account per branch (see their `gmacs` functions).
 
@@ -30,6 +31,8 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+
+from vit_adapt.models import vit
 
 
 def _cost(compiled) -> dict:
@@ -188,7 +191,10 @@ def hlo_macs(hlo_text: str) -> int:
 
 def lowered_hlo(fn: Callable, *args, **kwargs) -> str:
   """HLO text of `jax.jit(fn)(*args)` as lowered, before any backend optimisation (the same on every backend)."""
-  lowered = jax.jit(fn).lower(*args, **kwargs)
+  # A fresh function (no trace cached from a run), traced with XLA's attention: on GPU the model would otherwise
+  # emit cuDNN's fused attention, a custom-call that hides its matmuls.
+  with vit.xla_attention():
+    lowered = jax.jit(lambda *a, **k: fn(*a, **k)).lower(*args, **kwargs)
   try:
     return lowered.as_text(dialect="hlo")
   except (TypeError, ValueError):  # a JAX without the `dialect` argument

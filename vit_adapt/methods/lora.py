@@ -36,7 +36,7 @@ class LoRABlock(vit.Encoder1DBlock):
       k = k + self.lora["k"](h)
     if "v" in self.lora:
       v = v + self.lora["v"](h)
-    o, probs = self.attn.attend(q, k, v, mask)
+    o, probs = self.attn.attend(q, k, v, mask, return_probs)
     y = self.attn.project_out(o)
     if "o" in self.lora:
       y = y + self.lora["o"](o.reshape(o.shape[:-2] + (-1,)))

@@ -28,8 +28,10 @@ and whatever a method adds: router masks, exit logits, kept indices).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
+import threading
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -127,11 +129,44 @@ class MlpBlock(nn.Module):
     return self.drop(self.Dense_1(h), deterministic=deterministic)
 
 
+# `jax.nn.dot_product_attention` with implementation=None always takes its XLA path (jax 0.10); cuDNN's fused
+# flash attention must be asked for. It applies on NVIDIA GPUs to bfloat16/float16 inputs with head_dim a multiple
+# of 8 up to 128 (and a recent cuDNN); elsewhere, or when cuDNN refuses the call, the XLA path runs. Both compute
+# softmax(q k^T / sqrt(dh)) v, and the XLA path lowers to the same two dots as the explicit path (same GMACs).
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+_XLA_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def xla_attention():
+  """Programs traced inside use XLA's attention even on GPU: the GMACs count (efficiency.measure) needs the
+  attention matmuls as dot instructions, which a cuDNN custom-call hides."""
+  before = getattr(_XLA_ONLY, "on", False)
+  _XLA_ONLY.on = True
+  try:
+    yield
+  finally:
+    _XLA_ONLY.on = before
+
+
+def fused_attention(q, k, v):
+  """(B, Nq, H, dh) queries against (B, Nk, H, dh) keys/values -> (B, Nq, H, dh), no probabilities."""
+  dh = q.shape[-1]
+  cudnn = jax.default_backend() == "gpu" and not getattr(_XLA_ONLY, "on", False)
+  if cudnn and q.dtype in _CUDNN_DTYPES and dh % 8 == 0 and dh <= 128:
+    try:
+      return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+    except (NotImplementedError, RuntimeError, ValueError, TypeError):  # no cuDNN flash attention here
+      pass
+  return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
 class Attention(nn.Module):
   """Multi-head self-attention in the Google checkpoint layout (query/key/value kernels (D, H, dh)).
 
   Split into `qkv`, `attend` and `project_out` so methods can add LoRA deltas to the projections, read the
   attention probabilities (Sparse-Tuning), read keys/values (SynQT) or run queries against given keys/values.
+  `attend` runs the fused op (cuDNN flash attention on GPU) unless the probabilities or a mask are asked for.
   """
   num_heads: int
   width: int
@@ -149,11 +184,19 @@ class Attention(nn.Module):
     """(B, N, D) -> q, k, v each (B, N, H, dh)."""
     return self.query(x), self.key(x), self.value(x)
 
-  def attend(self, q, k, v, mask=None):
-    """Scaled dot-product attention. Returns (out (B, Nq, H, dh), probs (B, H, Nq, Nk)).
+  def attend(self, q, k, v, mask=None, return_probs: bool = False):
+    """Scaled dot-product attention. Returns (out (B, Nq, H, dh), probs (B, H, Nq, Nk) or None).
 
-    `mask` (broadcastable to (B, H, Nq, Nk), True = may attend) lets methods hide keys (VPT deep, MET).
+    `mask` (broadcastable to (B, H, Nq, Nk), True = may attend) lets methods hide keys (VPT deep, DyT). Without a
+    mask and without the probabilities, the fused op runs (`fused_attention`: cuDNN flash attention on GPU);
+    otherwise the explicit softmax path, which also gives the probabilities (Sparse-Tuning's token scores).
     """
+    if mask is None and not return_probs:
+      return fused_attention(q, k, v), None
+    return self.explicit_attention(q, k, v, mask)
+
+  def explicit_attention(self, q, k, v, mask=None):
+    """softmax(q k^T / sqrt(dh)) v with the probabilities: -> (out (B, Nq, H, dh), probs (B, H, Nq, Nk))."""
     depth = q.shape[-1]
     q = q / jnp.sqrt(depth).astype(q.dtype)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k)
@@ -167,7 +210,7 @@ class Attention(nn.Module):
 
   def __call__(self, x, mask=None, return_probs: bool = False):
     q, k, v = self.qkv(x)
-    o, probs = self.attend(q, k, v, mask)
+    o, probs = self.attend(q, k, v, mask, return_probs)
     y = self.project_out(o)
     return (y, probs) if return_probs else y
 
@@ -203,7 +246,8 @@ class Encoder1DBlock(nn.Module):
 
   def attention_branch(self, x, deterministic: bool = True, mask=None, return_probs: bool = False):
     """Attn(LN0(x)) (with dropout), optionally with the attention probabilities."""
-    y, probs = self.attn(self.LayerNorm_0(x), mask=mask, return_probs=True)
+    y, probs = self.attn(self.LayerNorm_0(x), mask=mask, return_probs=True) if return_probs else (
+        self.attn(self.LayerNorm_0(x), mask=mask), None)
     y = self.attn_drop(y, deterministic=deterministic)
     return (y, probs) if return_probs else y
 
