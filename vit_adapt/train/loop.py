@@ -77,6 +77,9 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
+  if config.train.accum_steps > 1:  # every device feeds every micro-batch (train/step.py: split_micro_batches)
+    mesh_lib.check_batch_size(config.train.batch_size // config.train.accum_steps,
+                              "config.train.batch_size / config.train.accum_steps", mesh)
   task = tasks.for_config(config)
   num_train = preflight(config, task)
   lengths = optim.schedule_lengths(config, num_train)
