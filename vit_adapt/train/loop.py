@@ -95,6 +95,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
 def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, lengths, clock) -> dict:
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writer = reporting.create_writer(workdir)
+  writer.write_hparams(reporting.hparams(config))  # TensorBoard's HParams view compares a sweep's runs
 
   # ---------------------------------------------------------------------------------------------- mesh
   repl, data_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)
