@@ -1,6 +1,9 @@
 """The memory levers: gradient accumulation (`train.accum_steps`) makes the large batch's update, per-block
 rematerialisation (`model.remat`) changes no gradient, and both lower the training step's compiled memory."""
 
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +15,8 @@ from vit_adapt.errors import UserError
 from vit_adapt.methods import dyt
 from vit_adapt.train import optim
 from vit_adapt.train import step as train_state
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(tiny_config, method, **blocks):
@@ -146,3 +151,17 @@ def test_bad_memory_settings_are_named(tiny_config):
   config = tiny_config("adapter", model=dict(remat="everything"))
   with pytest.raises(UserError, match=r"config\.model\.remat='everything'.*'dots'"):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize("name", ["dyt_vtab", "sparse_tuning_vtab"])
+def test_complete_dataset_recipes_accumulate_to_their_global_batch(name):
+  """The recipes' global batches (DyT 1024, Sparse-Tuning 512) are kept; the memory levers make them fit."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("task=cifar100,complete")
+  config_lib.validate(config)
+  assert config.train.batch_size == {"dyt_vtab": 1024, "sparse_tuning_vtab": 512}[name]
+  assert config.train.accum_steps > 1 and f"accum_steps={config.train.accum_steps}" in module.__doc__
+  assert "XLA CPU memory analysis" in module.__doc__
+  assert module.get_config("task=vtab/dtd").train.accum_steps == 1  # VTAB-1k's batch 64 needs none
