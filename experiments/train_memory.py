@@ -35,7 +35,7 @@ GIB = 2 ** 30
 FITS_GIB = 15.0  # of a 16 GiB device, 1 GiB left to the runtime (cuDNN workspaces, the input pipeline's buffers)
 RECIPES = {"dyt": "configs/dyt_vtab.py:task=cifar100,complete",
            "sparse_tuning": "configs/sparse_tuning_vtab.py:task=cifar100,complete"}
-SETTINGS = "1:,4:,4:dots,8:,8:dots"
+SETTINGS = "1:,4:,8:,32:,64:"
 
 
 def load_config(spec: str):
