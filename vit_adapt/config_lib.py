@@ -14,6 +14,9 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   model.dtype               compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16';
                             parameters and optimizer state stay float32
   model.pool, dropout, drop_path, head_init_std
+  model.remat               per-block rematerialisation, trading compute for training memory: '' (off), 'dots'
+                            (keep matmul outputs, recompute the rest) or 'full' (keep block inputs only);
+                            vit_adapt/models/remat.py. Same gradients, same results
   dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...), 'fgvc/<name>' or 'demo/digits'
   dataset.source            'tfds' | 'folder' | 'demo'
   dataset.data_dir          tfds data dir ('' = tfds default);  dataset.root: folder-layout root
@@ -28,6 +31,10 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   train.keep_last_partial   count a partial last batch as a step of the epoch (the papers' 16 steps/epoch on
                             1000 images at batch 64); batches themselves are always full
   train.keep_checkpoints    how many training checkpoints to keep (0 = all)
+  train.accum_steps         gradient accumulation: each step runs batch_size / accum_steps examples at a time (a
+                            divisor of batch_size; on N devices of batch_size / N) and makes one update with the
+                            averaged gradients, the large batch's update (see train/step.py: accumulate for the
+                            exceptions: in-model batch statistics, pairwise losses, random draws per micro-batch)
   optim.lr, min_lr, wd, b1, b2, eps, grad_clip, policies
   eval.batch_size;  efficiency.batch_size, efficiency.enabled
   method.name + the method's own fields (defaults from the method registry)
@@ -43,6 +50,7 @@ import ml_collections
 from vit_adapt import methods
 from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
+from vit_adapt.models import remat
 
 _SWITCHES = ("demo",)
 
@@ -97,7 +105,7 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
 
   c.model = ml_collections.ConfigDict(dict(
       variant="B/16", init="", image_size=224, dtype="auto", pool="tok", dropout=0.0, drop_path=0.0,
-      head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0))
+      head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0, remat=""))
 
   c.dataset = ml_collections.ConfigDict(dict(
       name=task, source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
@@ -106,7 +114,7 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
 
   c.train = ml_collections.ConfigDict(dict(
       batch_size=64, epochs=100, warmup_epochs=10, steps=0, log_every_steps=20, eval_every_epochs=0,
-      checkpoint_every_steps=500, keep_checkpoints=2, keep_last_partial=False))
+      checkpoint_every_steps=500, keep_checkpoints=2, keep_last_partial=False, accum_steps=1))
 
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, min_lr=1e-5, wd=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0,
@@ -159,7 +167,7 @@ _RANGES = {
     "dataset.num_threads": "[0, inf)", "dataset.prefetch": "[0, inf)", "dataset.cache_mb": "[0, inf)",
     "train.batch_size": "(0, inf)", "train.epochs": "[0, inf)", "train.warmup_epochs": "[0, inf)",
     "train.steps": "[0, inf)", "train.log_every_steps": "[0, inf)", "train.eval_every_epochs": "[0, inf)",
-    "train.checkpoint_every_steps": "[0, inf)", "train.keep_checkpoints": "[0, inf)",
+    "train.checkpoint_every_steps": "[0, inf)", "train.keep_checkpoints": "[0, inf)", "train.accum_steps": "(0, inf)",
     "optim.lr": "(0, inf)", "optim.min_lr": "[0, inf)", "optim.wd": "[0, inf)", "optim.b1": "[0, 1)",
     "optim.b2": "[0, 1)", "optim.eps": "[0, inf)", "optim.grad_clip": "[0, inf)",
     "eval.batch_size": "(0, inf)", "efficiency.batch_size": "(0, inf)", "efficiency.repeats": "(0, inf)",
@@ -185,6 +193,12 @@ def check_ranges(config: ml_collections.ConfigDict) -> None:
     if not math.isfinite(value) or not _in_range(value, interval):
       raise UserError(f"config.{key}={value!r} is out of range: it must be {_describe_range(interval)}. "
                       f"Set --config.{key} to a value {_describe_range(interval)}.")
+  accum, batch = config.train.accum_steps, config.train.batch_size
+  if not isinstance(accum, int) or batch % accum:
+    raise UserError(f"config.train.accum_steps={accum!r} must be a whole number that divides config.train.batch_size="
+                    f"{batch} (the batch is split into accum_steps equal micro-batches): set it to a divisor of "
+                    f"{batch}.")
+  remat.check_policy(config.model.remat)
   n = config.dataset.num_classes
   if isinstance(n, bool) or not isinstance(n, int) or not (n == -1 or n >= 1):
     raise UserError(f"config.dataset.num_classes={n!r} is out of range: it must be >= 1 (or -1: from the task "

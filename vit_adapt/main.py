@@ -11,13 +11,14 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from vit_adapt import cli
+from vit_adapt import cli, compile_cache
 from vit_adapt.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.json (resumes if it has some).")
 flags.DEFINE_bool("restart", False, "If --workdir holds a run of another config, move it aside (to "
                   "WORKDIR.replaced-<time>) and start afresh instead of stopping.")
+compile_cache.define_flag()
 FLAGS = flags.FLAGS
 
 
@@ -27,6 +28,7 @@ def main(argv):
   if FLAGS.config is None or not FLAGS.workdir:
     raise UserError("both --config and --workdir are required, e.g. "
                     "--config=configs/adapter_vtab.py:demo --workdir=runs/demo")
+  compile_cache.enable(FLAGS.compilation_cache)
   from vit_adapt import train  # after flag parsing: keeps `--help` fast
   results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir, restart=FLAGS.restart)
   keys = ("task", "method", "top1", "trainable_params", "gmacs_per_image", "throughput_images_per_s",

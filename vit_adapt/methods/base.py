@@ -26,6 +26,13 @@ class LossInputs:
   soft targets for classification): a method adds its own terms to it, or applies it to several outputs (DyT's
   complete pass, MET's exits). `forward(**kwargs)` re-runs the model on the same inputs with the same parameters
   (DyT's complete-model pass uses it); `labels` are the task's targets, e.g. soft labels (B, C).
+
+  `batch_mean(name, value)`: a loss term that is a non-linear function of a mean over the whole batch (DyT's
+  rate loss (mean(masks) - r)^2) passes that mean through it. Without gradient accumulation it returns `value`;
+  with `config.train.accum_steps` > 1 the step first computes each named mean over all micro-batches and
+  `batch_mean` then returns the global mean with the gradient of this micro-batch's mean, so the accumulated
+  update equals the large-batch one. Terms that are means of per-example values need nothing: the step averages
+  the micro-batch losses.
   """
   logits: jax.Array
   out: dict
@@ -34,6 +41,7 @@ class LossInputs:
   config: ml_collections.ConfigDict  # config.method
   train: bool
   task_loss: Callable[[jax.Array], jax.Array]
+  batch_mean: Callable[[str, jax.Array], jax.Array] = lambda name, value: value
 
 
 def task_loss_only(inp: LossInputs):

@@ -32,7 +32,7 @@ import contextlib
 import dataclasses
 import re
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
@@ -232,6 +232,8 @@ class Encoder1DBlock(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   dtype: Dtype = jnp.float32
+  # The methods an encoder calls on its blocks, which `config.model.remat` rematerialises (models/remat.py).
+  remat_methods: ClassVar[tuple[str, ...]] = ("__call__",)
 
   def setup(self):
     self.LayerNorm_0 = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)

@@ -24,6 +24,8 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   (vit_adapt/sweep/shared_features.py); SynQT runs with `method.cache_features` whose frozen
                   features agree share one feature cache (the first builds it, the others start after it);
                   'off': every run on its own
+  --compilation_cache  JAX's persistent compilation cache shared by the jobs: a directory, or 'off'
+                  (default ~/.cache/vit_adapt/jax; vit_adapt/compile_cache.py)
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import sys
 
 from absl import flags
 
-from vit_adapt import cli
+from vit_adapt import cli, compile_cache
 from vit_adapt.errors import UserError
 from vit_adapt.sweep import devices as sweep_devices
 from vit_adapt.sweep import runner as sweep_runner
@@ -52,6 +54,7 @@ _RETRIES = flags.DEFINE_integer("retries", 0, "Retries of a failed run within th
 _SHARE = flags.DEFINE_enum("share_features", "auto", ["auto", "off"], "Frozen-feature sharing (see doc).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their commands, run nothing.")
 _PROGRESS = flags.DEFINE_float("progress_every_s", 60.0, "Seconds between progress lines while nothing changes.")
+compile_cache.define_flag()
 
 
 def main(argv):
@@ -74,6 +77,8 @@ def main(argv):
       print(f"{job.name}\n  {' '.join(job.command)}")
     print(f"{len(runs)} runs in {len(jobs)} jobs.")
     return 0
+  # The jobs inherit the cache setting through the environment: a task's second seed skips its compiles.
+  compile_cache.enable(flags.FLAGS.compilation_cache)
   devices = sweep_devices.probe()
   if _DEVICES.value:
     devices = sweep_devices.Devices(devices.platform, min(devices.count, _DEVICES.value), devices.kind)

@@ -78,6 +78,9 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(config.train.batch_size, "config.train.batch_size", mesh)
   mesh_lib.check_batch_size(config.eval.batch_size, "config.eval.batch_size", mesh)
+  if config.train.accum_steps > 1:  # every device feeds every micro-batch (train/step.py: split_micro_batches)
+    mesh_lib.check_batch_size(config.train.batch_size // config.train.accum_steps,
+                              "config.train.batch_size / config.train.accum_steps", mesh)
   task = tasks.for_config(config)
   num_train = preflight(config, task)
   lengths = optim.schedule_lengths(config, num_train)
@@ -93,6 +96,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
 def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, lengths, clock) -> dict:
   reporting.write_json(os.path.join(workdir, "config.json"), config.to_dict())
   writer = reporting.create_writer(workdir)
+  writer.write_hparams(reporting.hparams(config))  # TensorBoard's HParams view compares a sweep's runs
 
   # ---------------------------------------------------------------------------------------------- mesh
   repl, data_sharding = mesh_lib.replicated(mesh), mesh_lib.batch_sharded(mesh)

@@ -7,7 +7,7 @@ for the message).
 
 Identity. A run is its resolved config minus the fields that may change without changing what is trained and
 measured (`COSMETIC`: logging, checkpoint and evaluation cadence, the efficiency measurement, data paths and
-read-ahead, a method's cache directory). Its fingerprint is stored in `WORKDIR/run.json` before the first
+read-ahead, a method's cache directory, rematerialisation). Its fingerprint is stored in `WORKDIR/run.json` before the first
 checkpoint and in `results.json`; resuming (or re-evaluating) a workdir under another fingerprint stops with exit
 2, naming the keys that differ: use a new --workdir, or `--restart`, which moves the old run aside to
 `WORKDIR.replaced-<UTC time>` (never deletes it) and starts afresh.
@@ -41,7 +41,7 @@ RUN_FILE = "run.json"
 COSMETIC = ("train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
             "train.eval_every_epochs", "eval.batch_size", "efficiency.enabled", "efficiency.batch_size",
             "efficiency.repeats", "dataset.data_dir", "dataset.root", "dataset.num_threads", "dataset.prefetch",
-            "dataset.cache_mb")
+            "dataset.cache_mb", "model.remat")
 
 
 # ---------------------------------------------------------------------------------------------------- lock

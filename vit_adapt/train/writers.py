@@ -1,4 +1,8 @@
-"""Where a run's numbers go: clu writers (TensorBoard + console), `metrics.jsonl`, `config.json`, `results.json`."""
+"""Where a run's numbers go: clu writers (TensorBoard + console), `metrics.jsonl`, `config.json`, `results.json`.
+
+Every run also writes its config as TensorBoard hyperparameters (`hparams`: one scalar per config field), so the
+runs of a sweep line up in TensorBoard's HParams view (`tensorboard --logdir=SWEEP_WORKDIR`) against their
+eval/train scalars."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 from clu import metric_writers
+from flax import traverse_util
 
 
 class JsonlWriter(metric_writers.MetricWriter):
@@ -55,6 +60,13 @@ def create_writer(workdir: str) -> metric_writers.MetricWriter:
   if lead:
     writers.append(JsonlWriter(os.path.join(workdir, "metrics.jsonl")))
   return _ScalarWriter(writers)
+
+
+def hparams(config) -> dict[str, bool | int | float | str]:
+  """The config flattened to TensorBoard hyperparameters: dotted field names ('optim.lr'), values that are not
+  a bool, number or string (tuples such as `optim.policies`, None) as their text."""
+  flat = traverse_util.flatten_dict(config.to_dict(), sep=".")
+  return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in sorted(flat.items())}
 
 
 def _to_python(v):

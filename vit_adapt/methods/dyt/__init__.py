@@ -297,7 +297,8 @@ def loss(inp: base.LossInputs):
   """CE + rate loss (+ complete-model CE + KL(p_complete detached || p_dyn) in training, if enabled)."""
   c = inp.config
   ce = inp.task_loss(inp.logits)
-  rate = jnp.mean(inp.out["dyt_masks"])  # ONE global mean: batch x layers x patch tokens
+  # ONE global mean: batch x layers x patch tokens (over the whole batch when gradients are accumulated).
+  rate = inp.batch_mean("activation_rate", jnp.mean(inp.out["dyt_masks"]))
   rate_loss = (rate - c.target_rate) ** 2
   total = c.ce_weight * ce + c.rate_weight * rate_loss
   metrics = {"ce": ce, "rate_loss": rate_loss, "activation_rate": rate}

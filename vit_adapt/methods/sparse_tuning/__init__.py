@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -163,6 +163,8 @@ class SparseTuningBlock(vit.Encoder1DBlock):
   dense_adapter: str = "paper"
   bottleneck: int = 64
   prev_offsets: tuple[int, ...] = ()
+  # The encoder drives the two halves (models/remat.py rematerialises these entry points, not `__call__`).
+  remat_methods: ClassVar[tuple[str, ...]] = ("attend_and_select", "adapt_and_mlp")
 
   def setup(self):
     super().setup()
