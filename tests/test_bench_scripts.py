@@ -12,6 +12,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import accelerator_suite  # noqa: E402
+import backend_checks  # noqa: E402
 import bench_timing  # noqa: E402
 
 NUMBER_CELL = re.compile(r"^\d+(\.\d+)? \(\d+(\.\d+)?\)$")  # 'best (median)'
@@ -91,3 +92,16 @@ def test_bench_vs_pytorch_tiny(tmp_path):
   micro = _rows(text)
   for op in bench_vs_pytorch.MICRO:
     assert NUMBER_CELL.match(micro[op][0][1].split(",")[0]), micro[op]
+
+
+@pytest.mark.slow
+def test_backend_checks_tiny(tmp_path):
+  out = tmp_path / "checks.md"
+  text = backend_checks.main(["--variant=Ti/16", "--image_size=32", "--attention_batch=2", "--programs=dense",
+                              f"--out={out}"])
+  assert out.read_text() == text + "\n"
+  row = next(line for line in text.splitlines() if line.startswith("| dense |"))
+  here, on_cpu, optimised = (cell.strip() for cell in row.split("|")[2:5])
+  # On the CPU all three counts agree: the lowered program on each backend and the optimised CPU module.
+  assert float(here) > 0 and here == on_cpu == optimised, row
+  assert "argmax agreement" in text
