@@ -86,6 +86,23 @@ def test_convert_video_checkpoint(tmp_path, reference):
   _, model, _, variables = methods.load_model_dir(out)
   logits, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(reference["clips"]))
   assert _rel(logits, reference["logits"]) <= 1e-4
+  # `predict --array` on uint8 clips (N, T, S, S, 3) and `--videos` on files (the config's test views).
+  from vit_adapt import predict
+  clips = np.random.default_rng(0).integers(0, 256, (3, 3, 32, 32, 3), dtype=np.uint8)
+  np.save(tmp_path / "clips.npy", clips)
+  records, got = predict.predict(out, array=str(tmp_path / "clips.npy"), batch_size=2)
+  want, _ = jax.jit(lambda v, x: model.apply(v, x))(variables, jnp.asarray(clips, jnp.float32) / 127.5 - 1.0)
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  assert len(records) == 3 and len(records[0]["top_names"]) == 5  # the demo dataset's class names
+  import video_files
+  for name in ("a", "b"):
+    video_files.write_video(str(tmp_path / "videos" / f"{name}.mp4"), 12)
+  with open(tmp_path / "videos" / "notes.txt", "w") as f:
+    f.write("not a video")
+  records, got = predict.predict(out, videos=str(tmp_path / "videos"))
+  assert [os.path.basename(r["path"]) for r in records] == ["a.mp4", "b.mp4"] and got.shape == (2, 10)
+  with pytest.raises(UserError, match="needs an image model"):
+    predict.predict(out, images=str(tmp_path / "videos"))
 
 
 def test_image_and_video_checkpoints_need_their_configs():
