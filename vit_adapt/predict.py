@@ -185,7 +185,8 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
     names += [p for p, _ in batch]
     outs.append(predictor.logits(np.stack([img for _, img in batch])))
   if not outs:
-    raise UserError(f"--{'videos' if videos else 'images'}={videos or images}: none of the files is readable.")
+    what = "video" if videos else "image"
+    raise UserError(f"--{what}s={videos or images}: none of the files is a readable {what}.")
   logits = np.concatenate(outs).astype(np.float32)
   idx, probs = top_k(logits, min(k, logits.shape[-1]))
   records = [{"index": i, "path": None if array else name, "top_classes": idx[i].tolist(),
