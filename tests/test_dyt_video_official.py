@@ -80,6 +80,7 @@ def test_complete_model_and_multi_view_average(converted, reference):
   assert _rel(averaged, reference["logits"]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_convert_video_checkpoint(tmp_path, reference):
   from vit_adapt import convert
   out = convert.convert("official-dyt", CKPT, _config(), str(tmp_path / "model"))
