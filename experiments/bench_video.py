@@ -18,7 +18,6 @@ import statistics
 import time
 
 import jax
-import jax.numpy as jnp
 
 from vit_adapt import config_lib, methods
 from vit_adapt.efficiency import measure
