@@ -2,6 +2,7 @@ r"""Video inference: DyT at 50 % activation on the 8-frame per-frame ViT-B/16 cl
 the 16-frame VideoMAE ViT-B clip, each against its dense model; one run, rows interleaved.
 
   python experiments/bench_video.py [--batch_size=1] [--repeats=5] [--image_size=224] [--variant=B/16]
+                                    [--models=frames,tubelet]
 
 Random weights (speed does not depend on their values; DyT runs its `capacity` inference at rate 0.5, i.e. exactly
 half of each frame's patch tokens through the MLPs, which is what 50 % activation computes). Per row: GMACs per
@@ -54,8 +55,10 @@ def main():
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--image_size", type=int, default=224)
   p.add_argument("--variant", default="B/16")
+  p.add_argument("--models", default="frames,tubelet", help="which pairs: frames (DyT), tubelet (Sparse-Tuning)")
   args = p.parse_args()
-  built = {name: build(method, kind, frames, fields, args) for name, _, method, kind, frames, fields in ROWS}
+  rows = [r for r in ROWS if r[3] in args.models.split(",")]
+  built = {name: build(method, kind, frames, fields, args) for name, _, method, kind, frames, fields in rows}
   times = {name: [] for name in built}
   for _ in range(2):  # warm-up
     for _, run in built.values():
@@ -68,7 +71,7 @@ def main():
   print(f"device: {measure.device_description()}, batch {args.batch_size} view(s) per call, "
         f"{args.repeats} interleaved repeats")
   print("| model | GMACs/view | s/call | speed-up | GMACs ratio | speed-up / ratio |\n|---|---|---|---|---|---|")
-  for name, dense, *_ in ROWS:
+  for name, dense, *_ in rows:
     g, t = built[name][0], statistics.median(times[name])
     if dense is None:
       print(f"| {name} | {g:.2f} | {t:.3f} | 1.00 | 1.00 | - |")
