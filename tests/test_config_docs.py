@@ -19,8 +19,7 @@ import re
 import pytest
 from conftest import shrink
 
-from vit_adapt import train
-from vit_adapt.data import pipeline
+from vit_adapt import tasks, train
 from vit_adapt.train import optim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -110,7 +109,7 @@ def test_demo_paragraph_matches_the_demo_config(name):
     assert variant == c.model.variant, f"configs/{name}: the demo variant is {c.model.variant}, not {variant}"
   for epochs in re.findall(r"(\d+) epochs", demo):
     assert int(epochs) == c.train.epochs, f"configs/{name}: the demo trains {c.train.epochs} epochs, not {epochs}"
-  _, total, _ = optim.schedule_lengths(c, pipeline.num_examples(c, c.dataset.split))
+  _, total, _ = optim.schedule_lengths(c, tasks.for_config(c).num_examples(c, c.dataset.split))
   for steps in re.findall(r"(\d+) steps", demo):
     assert int(steps) == total, f"configs/{name}: the demo trains {total} steps, not {steps}"
 

@@ -37,6 +37,18 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
                             exceptions: in-model batch statistics, pairwise losses, random draws per micro-batch)
   optim.lr, min_lr, wd, b1, b2, eps, grad_clip, policies
   eval.batch_size;  efficiency.batch_size, efficiency.enabled
+  video.model               video datasets: 'frames' (the image ViT per frame + an attentive pooling head over all
+                            frame tokens, DyT's video model) | 'tubelet' (VideoMAE: 3-D patches, sinusoidal
+                            positions, mean-pooled head) | 'none' (image tasks)
+  video.num_frames, tubelet_size  frames per clip; frames per tubelet ('tubelet' model)
+  video.class_token         'tubelet' model: prepend a (zero-initialised) token, e.g. as Sparse-Tuning's score token
+  video.sampling, stride    'dense' (frames `stride` apart, K400) | 'segment' (one frame per segment, SSv2)
+  video.augment, flip, scale, rrc_scale, randaugment  training transform: 'scale_jitter' (short side x U(scale),
+                            random crop) | 'randaug_rrc' (RandAugment `randaugment`, random-resized crop of area
+                            rrc_scale) | 'none'; `flip` a horizontal flip with probability 1/2
+  video.temporal_views, spatial_views  test views per video (logits averaged): K400 3 x 1, SSv2 1 x 3
+  video.skip_corrupt        skip (and count) undecodable videos instead of failing;  video.num_workers  decoding
+                            processes (0 = grain's reader threads)
   method.name + the method's own fields (defaults from the method registry)
 """
 
@@ -89,10 +101,12 @@ def make_config(method: str, arg: str | None = None, **extra_args) -> tuple[ml_c
     apply_demo(c)
   dataset = datasets.get_dataset(c.dataset.name)
   for key, value in dataset.config_defaults:
-    if key not in c.dataset:
-      raise UserError(f"dataset {dataset.name!r}: config_defaults names {key!r}, which is not a config.dataset "
-                      f"field ({', '.join(sorted(c.dataset.keys()))}).")
-    c.dataset[key] = value
+    block, _, field = key.rpartition(".")
+    block = block or "dataset"
+    if block not in c or field not in c[block]:
+      raise UserError(f"dataset {dataset.name!r}: config_defaults names {key!r}, which is not a config.{block} "
+                      f"field ({', '.join(sorted(c[block].keys())) if block in c else 'no such block'}).")
+    c[block][field] = value
   c.dataset.num_classes = dataset.num_classes
   return c, args
 
@@ -123,6 +137,12 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
   c.efficiency = ml_collections.ConfigDict(dict(enabled=True, batch_size=64, repeats=5))
+  # Video datasets (task 'video'); image tasks ignore the block. The datasets set their official protocol here
+  # (`Dataset.config_defaults`); see docs/video.md.
+  c.video = ml_collections.ConfigDict(dict(
+      model="none", num_frames=8, tubelet_size=2, class_token=False, sampling="dense", stride=16,
+      augment="scale_jitter", flip=True, scale=(1.0, 1.15), rrc_scale=(0.08, 1.0), randaugment="",
+      temporal_views=3, spatial_views=1, skip_corrupt=False, num_workers=0))
 
   c.method = methods.get(method).defaults()
   c.method.name = method
@@ -171,6 +191,8 @@ _RANGES = {
     "optim.lr": "(0, inf)", "optim.min_lr": "[0, inf)", "optim.wd": "[0, inf)", "optim.b1": "[0, 1)",
     "optim.b2": "[0, 1)", "optim.eps": "[0, inf)", "optim.grad_clip": "[0, inf)",
     "eval.batch_size": "(0, inf)", "efficiency.batch_size": "(0, inf)", "efficiency.repeats": "(0, inf)",
+    "video.num_frames": "(0, inf)", "video.tubelet_size": "(0, inf)", "video.stride": "(0, inf)",
+    "video.temporal_views": "(0, inf)", "video.spatial_views": "(0, inf)", "video.num_workers": "[0, inf)",
 }
 
 
@@ -220,3 +242,32 @@ def apply_demo(c: ml_collections.ConfigDict) -> None:
   c.optim.update(lr=1e-3, min_lr=1e-5, wd=1e-4)
   c.eval.batch_size = 256
   c.efficiency.batch_size = 64
+
+
+VIDEO_TASKS = {"k400": "k400", "ssv2": "ssv2", "demo": "demo/moving_digits"}
+
+
+def make_video_config(method: str, arg: str | None, video_model: str) -> tuple[ml_collections.ConfigDict, dict]:
+  """The common config of a video config file: `task=k400|ssv2|demo` (or a video dataset's name), `seed`, and
+  the `demo` switch (= task=demo: `apply_video_demo`). The dataset's protocol fills `config.video`."""
+  args = parse_arg(arg, {"task": "k400", "seed": 0, "demo": False})
+  demo = bool(args["demo"]) or args["task"] == "demo"
+  task = VIDEO_TASKS.get("demo" if demo else args["task"], args["task"])
+  c, _ = make_config(method, f"task={task},seed={int(args['seed'])}")
+  c.video.model = video_model
+  if demo:
+    apply_video_demo(c)
+  return c, {**args, "task": task, "demo": demo}
+
+
+def apply_video_demo(c: ml_collections.ConfigDict) -> None:
+  """The embedded moving-digits clips (`demo/moving_digits`, 40 classes) on a small random-init ViT at 32 px with
+  8 x 8 patches and 4 frames per clip, 4 apart (the 16-frame clips' dataset protocol otherwise: test 2 temporal
+  views); 4 epochs = 256 steps of batch 32 (wall times: the video configs' docstrings)."""
+  c.model.update(variant="Ti/8", image_size=32, depth=4, init="")
+  c.video.update(num_frames=4, stride=4)
+  c.train.update(batch_size=32, epochs=4, warmup_epochs=1, log_every_steps=32, eval_every_epochs=0,
+                 checkpoint_every_steps=128)
+  c.optim.update(lr=1e-3, min_lr=1e-5, wd=1e-4)
+  c.eval.batch_size = 64
+  c.efficiency.update(batch_size=8, repeats=3)

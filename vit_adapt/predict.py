@@ -2,6 +2,7 @@ r"""Batch inference with a vit_adapt model directory (from `convert`, or a train
 
   python -m vit_adapt.predict --checkpoint=runs/dyt_dtd --images='photos/*.jpg' --output=preds.jsonl
   python -m vit_adapt.predict --checkpoint=models/ti_dtd --array=images.npy --logits=logits.npy
+  python -m vit_adapt.predict --checkpoint=runs/dyt_video/k400 --videos='clips/*.mp4'   (a video model)
 
 `--images` takes a folder or a glob; files are decoded and resized (bicubic) to the model's resolution, and
 files that are not images are skipped with a warning. `--array` takes a uint8 (N, H, W, 3) `.npy` already at the
@@ -34,7 +35,10 @@ def define_flags():
   """Defined when run as a program only, so `predict()` imports as a library without flag clashes."""
   flags.DEFINE_string("checkpoint", None, "A model directory, or a training workdir with model/ inside.")
   flags.DEFINE_string("images", None, "A folder of images or a glob pattern (quote it).")
-  flags.DEFINE_string("array", None, "A .npy of uint8 images (N, H, W, 3) at the model's resolution.")
+  flags.DEFINE_string("array", None, "A .npy of uint8 images (N, H, W, 3) at the model's resolution (a video "
+                      "model: clips (N, T, H, W, 3), one view of the config's frame count each).")
+  flags.DEFINE_string("videos", None, "A video model: a folder of videos or a glob pattern (quote it); each video "
+                      "is read as the config's test views and their logits averaged.")
   flags.DEFINE_string("output", None, "Where to write the JSON lines (default: stdout).")
   flags.DEFINE_string("logits", None, "Optional .npy path for the raw logits (N, num_classes).")
   flags.DEFINE_integer("batch_size", 64, "Images per forward pass (the last batch is padded).")
@@ -69,7 +73,7 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
     yield path, images.resize(img, size)
 
 
-def load_array(path: str, size: int) -> np.ndarray:
+def load_array(path: str, size: int, frames: int = 0) -> np.ndarray:
   if not os.path.isfile(path):
     raise UserError(f"--array={path} does not exist.")
   with open(path, "rb") as f:
@@ -87,6 +91,11 @@ def load_array(path: str, size: int) -> np.ndarray:
   if x.dtype != np.uint8:
     raise UserError(f"--array={path} has dtype {x.dtype}; it must be uint8 pixels 0..255 (N, {size}, {size}, 3). "
                     "Convert with x.astype(np.uint8) if it holds 0..255 values, or use --images.")
+  if frames:  # a video model: (N, T, S, S, 3) clips
+    if x.ndim != 5 or x.shape[1:] != (frames, size, size, 3) or x.shape[0] == 0:
+      raise UserError(f"--array={path} has shape {x.shape}; the video model needs uint8 clips (N, {frames}, {size}, "
+                      f"{size}, 3): {frames} frames at its resolution {size}.")
+    return x
   if x.ndim != 4 or x.shape[1:] != (size, size, 3) or x.shape[0] == 0:
     raise UserError(f"--array={path} has shape {x.shape}; the model needs (N, {size}, {size}, 3) uint8 images at "
                     f"its resolution {size} (use --images to resize files).")
@@ -131,20 +140,41 @@ def top_k(logits: np.ndarray, k: int):
   return idx, np.take_along_axis(probs, idx, -1)
 
 
-def predict(checkpoint: str, *, images: str | None = None, array: str | None = None, batch_size: int = 64,
-            k: int = 5) -> tuple[list[dict], np.ndarray]:
+def decode_videos(paths: list[str], config) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (path, uint8 (V, T, S, S, 3)): the config's test views; undecodable files are skipped with a warning."""
+  from vit_adapt.data.video import pipeline as video_pipeline
+  views = video_pipeline.test_views(config, num_classes=1 << 30)
+  for path in paths:
+    record = views({"path": path, "label": 0, "where": path})
+    if record["skipped"]:
+      continue
+    yield path, record["video"]
+
+
+def predict(checkpoint: str, *, images: str | None = None, array: str | None = None, videos: str | None = None,
+            batch_size: int = 64, k: int = 5) -> tuple[list[dict], np.ndarray]:
   """Library form of the CLI: -> (records, logits (N, C))."""
-  if bool(images) == bool(array):
-    raise UserError("pass exactly one of --images=FOLDER_OR_GLOB or --array=X.npy.")
+  if sum(map(bool, (images, array, videos))) != 1:
+    raise UserError("pass exactly one of --images=FOLDER_OR_GLOB, --videos=FOLDER_OR_GLOB or --array=X.npy.")
   if batch_size < 1:
     raise UserError(f"--batch_size={batch_size} must be positive.")
   from vit_adapt import methods  # after flag parsing: keeps `--help` fast
   config, model, _, variables = methods.load_model_dir(checkpoint)
   size = config.model.image_size
+  is_video = methods.build.video_kind(config) != "none"
+  if (videos or images) and bool(videos) != is_video:
+    raise UserError(f"--{'videos' if videos else 'images'} needs {'a video' if videos else 'an image'} model; "
+                    f"{checkpoint} holds {'a video' if is_video else 'an image'} model (use --"
+                    f"{'images' if videos else 'videos'} or --array).")
   if array:
-    x = load_array(array, size)
+    x = load_array(array, size, int(config.video.num_frames) if is_video else 0)
     items = [(f"{array}[{i}]", img) for i, img in enumerate(x)]
     batch_size = min(batch_size, len(items))
+  elif videos:
+    config.video.skip_corrupt = True  # a file that is not a video is skipped with a warning, as for images
+    paths = list_image_files(videos)
+    items = decode_videos(paths, config)
+    batch_size = min(batch_size, len(paths))
   else:
     paths = list_image_files(images)
     items = decode_images(paths, size)
@@ -155,12 +185,30 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
     names += [p for p, _ in batch]
     outs.append(predictor.logits(np.stack([img for _, img in batch])))
   if not outs:
-    raise UserError(f"--images={images}: none of the files is a readable image.")
+    what = "video" if videos else "image"
+    raise UserError(f"--{what}s={videos or images}: none of the files is a readable {what}.")
   logits = np.concatenate(outs).astype(np.float32)
   idx, probs = top_k(logits, min(k, logits.shape[-1]))
   records = [{"index": i, "path": None if array else name, "top_classes": idx[i].tolist(),
               "top_probs": [round(float(p), 6) for p in probs[i]]} for i, name in enumerate(names)]
+  class_names = _class_names(config)
+  if class_names:
+    for r in records:
+      r["top_names"] = [class_names[c] for c in r["top_classes"]]
   return records, logits
+
+
+def _class_names(config) -> tuple:
+  """The dataset's class names when its task knows them and they are available (else ())."""
+  from vit_adapt import tasks
+  task = tasks.for_config(config)
+  if task.class_names is None:
+    return ()
+  try:
+    names = tuple(task.class_names(config))
+  except UserError:  # e.g. the dataset's folder is not on this machine
+    return ()
+  return names if len(names) >= int(config.dataset.num_classes) else ()
 
 
 def check_writable(path: str, flag: str) -> None:
@@ -184,7 +232,7 @@ def main(argv):
   for flag in ("output", "logits"):
     if getattr(FLAGS, flag):
       check_writable(getattr(FLAGS, flag), flag)
-  records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array,
+  records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array, videos=FLAGS.videos,
                             batch_size=FLAGS.batch_size, k=FLAGS.top_k)
   lines = "".join(json.dumps(r) + "\n" for r in records)
   if FLAGS.output:

@@ -27,7 +27,7 @@ from vit_adapt.models import vit
 POSEMB = "Transformer/posembed_input/pos_embedding"
 _BACKBONE = re.compile(
     r"^(cls|embedding/(kernel|bias)|Transformer/posembed_input/pos_embedding|Transformer/encoder_norm/(scale|bias)"
-    r"|head/(kernel|bias)"
+    r"|head/(kernel|bias)|fc_norm/(scale|bias)"
     r"|Transformer/encoderblock_\d+/(LayerNorm_[01]/(scale|bias)"
     r"|MultiHeadDotProductAttention_0/(query|key|value|out)/(kernel|bias)|MlpBlock_0/Dense_[01]/(kernel|bias)))$")
 

@@ -23,7 +23,7 @@ from typing import Callable
 import ml_collections
 import numpy as np
 
-from vit_adapt.checkpoints import google, timm_vit
+from vit_adapt.checkpoints import google, timm_vit, videomae
 from vit_adapt.checkpoints.readers import Tensors
 from vit_adapt.errors import UserError
 from vit_adapt.models import vit
@@ -93,10 +93,22 @@ def from_timm(tensors: Tensors, config) -> tuple[dict, dict]:
   return params, {}
 
 
+def from_videomae(tensors: Tensors, config) -> tuple[dict, dict]:
+  """VideoMAE's released `.pth` (fine-tuned or pre-training) for the `tubelet` video model."""
+  if not videomae.is_videomae(tensors):
+    raise UserError(_not_a(tensors, "a VideoMAE checkpoint (no 5-D 'patch_embed.proj.weight')"))
+  params, leftover = videomae.videomae_to_params(tensors, num_heads_of(config))
+  for name, w in leftover.items():
+    params[name] = w
+  return params, {}
+
+
 def auto(tensors: Tensors, config) -> tuple[dict, dict]:
   """Detects the layout from the names (used by `load_backbone` for `config.model.init`)."""
   if google.is_google_vit(tensors):
     return from_npz(tensors, config)
+  if videomae.is_videomae(tensors):
+    return from_videomae(tensors, config)
   if timm_vit.is_timm_vit(tensors) or timm_vit.is_hf_vit(tensors):
     return from_timm(tensors, config)
   raise UserError(_not_a(tensors, "a ViT checkpoint vit_adapt knows (Google .npz, timm or Hugging Face names)"))
@@ -110,3 +122,4 @@ def _not_a(tensors: Tensors, what: str) -> str:
 
 register_source("npz", from_npz)
 register_source("timm", from_timm)
+register_source("videomae", from_videomae)

@@ -9,10 +9,15 @@ Four kinds:
     Cars) with VPT's split files: `train`, `val`, `train+val` (their union: the final training set), `test`.
     Image-folder source only (VPT's JSON lists decide membership; tfds has no such splits).
   * `demo/digits`: scikit-learn's handwritten digits, embedded (no download), splits `train` and `test`.
+  * video datasets (task `video`, `vit_adapt.data.video`): `k400` (Kinetics-400 lists, splits `train`, `val`),
+    `ssv2` (Something-Something-v2's JSON release, splits `train`, `validation`) over folders of videos
+    (`layout` names the folder layout), and the embedded `demo/moving_digits` clips (`train`, `test`).
 
 A dataset also says which `config.dataset` fields its protocol sets (`config_defaults`, applied by
 `config_lib.make_config` before a config file's recipe): the split pair for complete and FGVC datasets, and
-FGVC's folder source, augmentation and ImageNet normalisation (VPT's recipe, whatever the method).
+FGVC's folder source, augmentation and ImageNet normalisation (VPT's recipe, whatever the method). A key
+`block.field` sets a field of another config block: the video datasets set their sampling, augmentation and test
+views in `config.video` (the official protocols, whatever the method).
 
 A dataset knows its learning task (`vit_adapt.tasks`: classification for all of these), its VTAB group, and
 where its data lives for each source: a tfds name with version (None when tfds 4.9.10 has no builder,
@@ -108,6 +113,7 @@ class Dataset:
   note: str = ""                             # manual download / availability remarks shown by `prepare`
   group: str = ""                            # VTAB-1k group: 'natural' | 'specialized' | 'structured'
   task: str = "classification"               # what is learned from it (a `vit_adapt.tasks` name)
+  layout: str = ""                           # video datasets: the folder layout (`vit_adapt.data.video.layouts`)
   # config.dataset fields this dataset's protocol sets in `config_lib.make_config` ((key, value) pairs; the
   # schema's defaults are VTAB-1k's, so VTAB tasks set none). Config files and overrides still win.
   config_defaults: tuple[tuple[str, Any], ...] = ()
@@ -247,7 +253,36 @@ _DEMO = [
          config_defaults=(("split", "train"), ("eval_split", "test"))),
 ]
 
-_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_FGVC, *_DEMO)}
+_VIDEO_NOTE = ("videos in folders, no tfds builder: set config.dataset.root to the folder holding {what} "
+               "(see docs/video.md).")
+# The official sampling, augmentation and test views of each video dataset (DyT's main_video.py; see
+# docs/video.md). Inception normalisation ([-1, 1]) is the schema default, as for the Google checkpoints.
+_VIDEO = [
+    Dataset(name="k400", kind="video", num_classes=400, tfds_name=None, splits=(("train", None), ("val", None)),
+            task="video", layout="k400_list",
+            note=_VIDEO_NOTE.format(what="train.txt / val.txt (`relative/path.mp4 label`) or the Kinetics CSVs "
+                                    "with train/ and val/ video folders"),
+            config_defaults=(("source", "folder"), ("split", "train"), ("eval_split", "val"),
+                             ("video.sampling", "dense"), ("video.stride", 16), ("video.augment", "scale_jitter"),
+                             ("video.flip", True), ("video.temporal_views", 3), ("video.spatial_views", 1))),
+    Dataset(name="ssv2", kind="video", num_classes=174, tfds_name=None,
+            splits=(("train", None), ("validation", None)), task="video", layout="ssv2_json",
+            note=_VIDEO_NOTE.format(what="something-something-v2-{train,validation,labels}.json and the webm "
+                                    "videos"),
+            config_defaults=(("source", "folder"), ("split", "train"), ("eval_split", "validation"),
+                             ("video.sampling", "segment"), ("video.augment", "randaug_rrc"), ("video.flip", False),
+                             ("video.randaugment", "rand-m7-n4-mstd0.5-inc1"), ("video.temporal_views", 1),
+                             ("video.spatial_views", 3))),
+    Dataset(name="demo/moving_digits", kind="video", num_classes=40, tfds_name=None,
+            splits=(("train", None), ("test", None)), task="video", layout="moving_digits",
+            note="scikit-learn's digits sliding across a canvas (class = digit x axis of motion), embedded; no "
+            "download.",
+            config_defaults=(("source", "demo"), ("split", "train"), ("eval_split", "test"),
+                             ("video.sampling", "dense"), ("video.stride", 2), ("video.augment", "scale_jitter"),
+                             ("video.flip", False), ("video.temporal_views", 2), ("video.spatial_views", 1))),
+]
+
+_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_FGVC, *_DEMO, *_VIDEO)}
 
 # The 19 VTAB-1k tasks in the canonical order of the papers' tables, and their groups in that order.
 VTAB_1K = tuple(t.name for t in _VTAB)

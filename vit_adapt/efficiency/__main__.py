@@ -62,6 +62,9 @@ def main(argv):
                                                                                 config.optim)[0],
                      train_memory_bytes=train_step.train_step_memory(config, model, method, variables),
                      eval_stats=stats)}
+  task = tasks.for_config(config)
+  if task.efficiency_fields is not None:  # e.g. video: GMACs per view and per video, clips/s
+    result.update(task.efficiency_fields(config, result))
   text = json.dumps(result, indent=2, default=float)
   print(text)
   if FLAGS.output:

@@ -20,7 +20,7 @@ from vit_adapt.checkpoints import model_dir as model_dir_lib
 from vit_adapt.methods import base
 from vit_adapt.models import params as params_lib
 from vit_adapt.models import remat
-from vit_adapt.models import vit
+from vit_adapt.models import video, vit
 
 
 def build_model(config, num_classes: int | None = None):
@@ -28,11 +28,21 @@ def build_model(config, num_classes: int | None = None):
   method = base.lookup(config.method.name)
   n = num_classes if num_classes is not None else config.dataset.num_classes
   kwargs = vit.backbone_kwargs(config.model, n)
+  model_cls, kind = method.model_cls, video_kind(config)
+  if kind != "none":  # the method's model inside a clip model (models/video.py); its kwargs before the method's
+    model_cls = video.video_model(kind, model_cls)
+    kwargs.update(video.video_kwargs(kind, config.video))
   kwargs.update(method.model_kwargs(config.method, kwargs))
   policy = config.model.get("remat", "")
   if policy:
     kwargs["block_cls"] = remat.remat_block(kwargs.get("block_cls", vit.Encoder1DBlock), policy)
-  return method.model_cls(**kwargs), method
+  return model_cls(**kwargs), method
+
+
+def video_kind(config) -> str:
+  """config.video.model ('none' for image models and for configs saved before the video block existed)."""
+  block = config.get("video")
+  return block.get("model", "none") if block is not None else "none"
 
 
 def _init_rngs(method, seed: int) -> dict:
@@ -42,6 +52,8 @@ def _init_rngs(method, seed: int) -> dict:
 
 def _example_input(config):
   size = config.model.image_size
+  if video_kind(config) != "none":
+    return jnp.zeros((1, int(config.video.num_frames), size, size, 3), jnp.float32)
   return jnp.zeros((1, size, size, 3), jnp.float32)
 
 

@@ -12,6 +12,8 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
   metrics     `train_metrics(logits, batch)`, and for evaluation `eval_sums(logits, batch)` (masked sums of one
               padded batch, with 'count'; a sum may be an array, e.g. per-class counts, summed elementwise) and
               `summarize(totals)` -> {'loss', <primary metric>, ...}: scalars only (they go to the metric writers)
+  optional    `efficiency_fields(config, efficiency)` (extra results fields derived from the efficiency report, e.g.
+              video's GMACs per view and per video) and `class_names(config, split)`
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
@@ -46,6 +48,10 @@ class Task:
   eval_sums: Callable[[jax.Array, Batch], dict[str, jax.Array]]
   summarize: Callable[[dict[str, float]], dict[str, Any]]
   primary_metric: str = "top1"
+  # Optional: (config, the efficiency report's fields) -> extra results fields (video: GMACs per view and video).
+  efficiency_fields: Callable[[Config, dict], dict] | None = None
+  # Optional: (config, split=None) -> the dataset's class names (for `predict`'s top-5), () when it has none.
+  class_names: Callable[..., tuple] | None = None
   doc: str = ""
 
 

@@ -8,7 +8,17 @@ router (`mlp_token_select`); it implements MLP dispatch only. Backbone names go 
   blocks.{i}.adaptmlp.up_proj.{weight,bias}          -> Transformer/encoderblock_{i}/adapter/up/{kernel,bias}
   blocks.{i}.mlp_token_select.mlp_head.{weight,bias} -> Transformer/encoderblock_{i}/router/{kernel,bias}
 
-(kernel = weight.T). Inferred config fields: `method.bottleneck` (the adapter width), `method.num_experts` = 1
+(kernel = weight.T). The official VIDEO model (`video_vision_transformer_IN21K.py`: the same blocks per frame) adds
+its attentive pooling head, which maps into the `head/` scope of the `frames` video model (`models/video.py`):
+
+  query_token                                         -> head/query_token
+  attentive_blocks.norm_{q,k,v}.{weight,bias}         -> head/norm_{q,k,v}/{scale,bias}
+  attentive_blocks.cross_attn.{q,k,v}.weight          -> head/{q,k,v}/kernel
+  attentive_blocks.cross_attn.{q_bias,v_bias}         -> head/{q_bias,v_bias}
+  attentive_blocks.cross_attn.proj.{weight,bias}      -> head/proj/{kernel,bias}
+  head.{weight,bias}                                  -> head/{kernel,bias} (as for images)
+
+Inferred config fields: `method.bottleneck` (the adapter width), `method.num_experts` = 1
 and `method.dispatch` = 'mlp'. The adapter scale is not stored in the checkpoint (1.0 for VTAB-1k, 0.1 for the
 complete datasets): it comes from the config (`config.method.scale`). Training checkpoints of the official script
 ({'model': ..., 'optimizer': ..., 'args': Namespace}) convert as they are: `checkpoints.readers.read_torch`
@@ -34,6 +44,35 @@ def is_official_dyt(tensors: Tensors) -> bool:
   return any(k.startswith("blocks.") and ".mlp_token_select." in k for k in tensors)
 
 
+_ATTENTIVE_RE = re.compile(r"attentive_blocks\.(?:(norm_[qkv])\.(weight|bias)|cross_attn\.(?:([qkv]|proj)\.(weight|bias)"
+                           r"|([qv]_bias)))")
+
+
+def is_official_video(tensors: Tensors) -> bool:
+  return "query_token" in tensors or any(k.startswith("attentive_blocks.") for k in tensors)
+
+
+def attentive_head_to_params(tensors: Tensors) -> tuple[dict[str, np.ndarray], Tensors]:
+  """The official video model's pooling head -> flat `head/...` params; -> (flat, the other tensors)."""
+  flat: dict[str, np.ndarray] = {}
+  rest: Tensors = {}
+  for name, w in tensors.items():
+    w = np.asarray(w)
+    m = _ATTENTIVE_RE.fullmatch(name)
+    if name == "query_token":
+      flat["head/query_token"] = w
+    elif m and m.group(1):
+      flat[f"head/{m.group(1)}/{'scale' if m.group(2) == 'weight' else 'bias'}"] = w
+    elif m and m.group(3):
+      leaf = "kernel" if m.group(4) == "weight" else "bias"
+      flat[f"head/{m.group(3)}/{leaf}"] = timm_vit.linear_kernel(w) if leaf == "kernel" else w
+    elif m:
+      flat[f"head/{m.group(5)}"] = w
+    else:
+      rest[name] = w
+  return flat, rest
+
+
 def dyt_to_params(tensors: Tensors, num_heads: int) -> tuple[dict, dict]:
   """-> (params tree, inferred config fields). Names neither DyT nor timm stay verbatim (merge reports them)."""
   unsupported = sorted(k for k in tensors if _UNSUPPORTED_RE.search(k))
@@ -41,9 +80,9 @@ def dyt_to_params(tensors: Tensors, num_heads: int) -> tuple[dict, dict]:
     raise UserError(f"official-dyt: {unsupported[:3]} belong to an adapter variant the DyT release does not train "
                     "(adapter LayerNorm or learnable scale); only the released layernorm_option='none' adapter "
                     "with a fixed scale converts.")
-  flat: dict[str, np.ndarray] = {}
+  flat, others = attentive_head_to_params(tensors)
   rest: Tensors = {}
-  for name, w in tensors.items():
+  for name, w in others.items():
     m = _DYT_RE.fullmatch(name)
     if not m:
       rest[name] = w
@@ -73,6 +112,15 @@ def from_official_dyt(tensors: Tensors, config) -> tuple[dict, dict]:
   if config.method.name != "dyt":
     raise UserError(f"official-dyt converts into the 'dyt' method, but the config's method is "
                     f"{config.method.name!r}: use --config=configs/dyt_vtab.py.")
+  video = config.get("video")
+  frames = video is not None and video.get("model") == "frames"
+  if is_official_video(tensors) and not frames:
+    raise UserError("this is an official DyT VIDEO checkpoint (query_token / attentive_blocks.*): convert it with "
+                    "a video config, e.g. --config=configs/dyt_video.py:task=k400.")
+  if frames and not is_official_video(tensors):
+    raise UserError("this is an official DyT IMAGE checkpoint (no query_token / attentive_blocks.*), but the "
+                    "config builds the video model: use --config=configs/dyt_vtab.py, or start a video run from it "
+                    "with --config.model.init.")
   return dyt_to_params(tensors, sources.num_heads_of(config))
 
 

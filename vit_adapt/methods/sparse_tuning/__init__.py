@@ -23,6 +23,10 @@ Dense connections (`config.method.dense_adapter`, a registry below):
               x += a3 + a4 + a5, after 8 x += a6 + a7 + a8, after 11 x += a9 + a10 (a11 is not included),
               summed left to right as the official code does. Initialisation: trunc-normal 0.02 everywhere.
 
+Token score (`config.method.token_score`): 'cls_attention' (the paper: class-token attention) or 'mean_attention'
+(the attention a token receives, mean over heads and queries) for a model without a class token (the VideoMAE
+tubelet ViT of `config.video.model='tubelet'`, whose mean-pooled tokens are all candidates).
+
 Head (`config.method.head`): 'bn_linear' (official: non-affine BatchNorm with PyTorch semantics, then a linear
 layer; its statistics live in the `batch_stats` collection, which the trainer makes mutable in training) or
 'linear'. The official head is initialised trunc-normal 0.01: set `config.model.head_init_std=0.01` (the configs
@@ -58,20 +62,21 @@ from vit_adapt.models import tokens
 class Selection(NamedTuple):
   """What one sparsifying block decided, to be applied identically to every tensor of its token layout."""
   idx: jax.Array  # (B, k) kept non-class tokens, in descending score order (what top_k returns)
-  scores: jax.Array  # (B, N - 1) class-token attention, mean over heads
-  keep_mask: jax.Array | None  # (B, N - 1) True at kept tokens; None = no fusion
+  scores: jax.Array  # (B, N - prefix) token scores (class-token attention, mean over heads, by default)
+  keep_mask: jax.Array | None  # (B, N - prefix) True at kept tokens; None = no fusion
+  prefix: int = 1  # leading tokens never selected (the class token; 0 for a model without one)
 
 
-def select_tokens(scores, k: int, fuse: bool) -> Selection:
+def select_tokens(scores, k: int, fuse: bool, prefix: int = 1) -> Selection:
   idx = tokens.topk_indices(scores, k)
   mask = tokens.indices_to_mask(idx, scores.shape[1]) if fuse else None
-  return Selection(idx, scores, mask)
+  return Selection(idx, scores, mask, prefix)
 
 
 def apply_selection(sel: Selection, x):
-  """(B, N, D) -> (B, 1 + k [+ 1], D): class token, kept tokens, then the fused token (if fusing)."""
-  rest = x[:, 1:]
-  parts = [x[:, :1], tokens.gather_tokens(rest, sel.idx)]
+  """(B, N, D) -> (B, p + k [+ 1], D): the p prefix (class) tokens, kept tokens, then the fused token."""
+  rest = x[:, sel.prefix:]
+  parts = [x[:, :sel.prefix], tokens.gather_tokens(rest, sel.idx)]
   if sel.keep_mask is not None:
     parts.append(tokens.fuse_rest(rest, sel.scores, sel.keep_mask, normalize=False))
   return jnp.concatenate(parts, axis=1)
@@ -83,6 +88,23 @@ def keep_count(keep_rate: float, candidates: int) -> int | None:
     return None
   k = math.ceil(keep_rate * candidates)
   return None if k >= candidates else k  # the official code skips selection (and fusion) when all are kept
+
+
+def _cls_attention(probs, prefix: int):
+  """The paper's score: the class token's attention to each token, mean over heads."""
+  return jnp.mean(probs[:, :, 0, prefix:], axis=1)
+
+
+def _mean_attention(probs, prefix: int):
+  """Without a class token: the attention each token receives, mean over heads and over all queries."""
+  return jnp.mean(probs[:, :, :, prefix:], axis=(1, 2))
+
+
+# config.method.token_score -> (probs (B, H, N, N), prefix) -> scores (B, N - prefix). The paper scores tokens by
+# the class token's attention; VideoMAE has no class token and the public material does not say which score the
+# paper used there, so it is a choice: 'mean_attention', or 'cls_attention' over an added token
+# (config.video.class_token=True: a zero-initialised token at position zero).
+TOKEN_SCORES = {"cls_attention": _cls_attention, "mean_attention": _mean_attention}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -163,6 +185,8 @@ class SparseTuningBlock(vit.Encoder1DBlock):
   dense_adapter: str = "paper"
   bottleneck: int = 64
   prev_offsets: tuple[int, ...] = ()
+  prefix: int = 1  # 1: token 0 is the class token (never dropped); 0: no class token (a tubelet video model)
+  token_score: str = "cls_attention"  # a key of TOKEN_SCORES
   # The encoder drives the two halves (models/remat.py rematerialises these entry points, not `__call__`).
   remat_methods: ClassVar[tuple[str, ...]] = ("attend_and_select", "adapt_and_mlp")
 
@@ -177,11 +201,11 @@ class SparseTuningBlock(vit.Encoder1DBlock):
     """x + Attn(LN0(x)), then the token selection. -> (x, Selection or None)."""
     y, probs = self.attention_branch(x, deterministic, return_probs=True)
     x = self.residual(x, y, deterministic)
-    k = keep_count(self.keep_rate, x.shape[1] - 1)
+    k = keep_count(self.keep_rate, x.shape[1] - self.prefix)
     if k is None:
       return x, None
-    scores = jnp.mean(probs[:, :, 0, 1:].astype(jnp.float32), axis=1)
-    sel = select_tokens(scores, k, self.fuse_token)
+    scores = TOKEN_SCORES[self.token_score](probs.astype(jnp.float32), self.prefix)
+    sel = select_tokens(scores, k, self.fuse_token, self.prefix)
     return apply_selection(sel, x), sel
 
   def adapt_and_mlp(self, x, prev=(), deterministic: bool = True):
@@ -205,10 +229,13 @@ class SparseTuningSettings(vit.EncoderSettings):
   fuse_token: bool
   dense_adapter: str  # a key of CONNECTIONS
   bottleneck: int
+  prefix: int = 1
+  token_score: str = "cls_attention"
 
   def block_fields(self, i: int) -> dict:
     return dict(keep_rate=self.keep_rate if i in self.sparse_blocks else 1.0, fuse_token=self.fuse_token,
-                dense_adapter=self.dense_adapter, bottleneck=self.bottleneck,
+                dense_adapter=self.dense_adapter, bottleneck=self.bottleneck, prefix=self.prefix,
+                token_score=self.token_score,
                 prev_offsets=CONNECTIONS[self.dense_adapter].prev_offsets(i))
 
 
@@ -222,7 +249,8 @@ class SparseTuningEncoder(vit.Encoder):
     out = {}
     x = e = self.add_posemb(x)
     b, n = x.shape[:2]
-    patch_ids = jnp.broadcast_to(jnp.arange(n - 1, dtype=jnp.int32), (b, n - 1))
+    p = self.settings.prefix
+    patch_ids = jnp.broadcast_to(jnp.arange(n - p, dtype=jnp.int32), (b, n - p))
     outputs: dict[int, Any] = {}  # block index -> adapter output, in the stream's current token layout
     for i, blk in enumerate(self.blocks):
       x, sel = blk.attend_and_select(x, det)
@@ -271,6 +299,7 @@ def defaults():
       "dense_adapter": "paper",  # 'paper' | 'released'
       "bottleneck": 64,  # paper mode only; the released adapter's widths are fixed (64 / 32)
       "head": "bn_linear",  # 'bn_linear' (official) | 'linear'
+      "token_score": "cls_attention",  # 'cls_attention' (official) | 'mean_attention' (models without a class token)
   })
 
 
@@ -290,8 +319,16 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
     raise UserError(f"config.method.bottleneck={c.bottleneck}: the released adapter's widths are fixed at 64/32; "
                     "leave bottleneck=64 or use dense_adapter='paper'.")
   CONNECTIONS[c.dense_adapter].validate(depth, blocks)
+  if c.token_score not in TOKEN_SCORES:
+    raise UserError(f"config.method.token_score={c.token_score!r}: use one of {', '.join(TOKEN_SCORES)}.")
+  prefix = 1 if backbone.get("class_token", True) else 0
+  if c.token_score == "cls_attention" and not prefix:
+    raise UserError("config.method.token_score='cls_attention' needs a class token, and the video model has none "
+                    "(VideoMAE's): set --config.method.token_score=mean_attention, or add a token with "
+                    "--config.video.class_token=True.")
   settings = SparseTuningSettings(sparse_blocks=blocks, keep_rate=float(c.keep_rate), fuse_token=bool(c.fuse_token),
-                                  dense_adapter=c.dense_adapter, bottleneck=int(c.bottleneck))
+                                  dense_adapter=c.dense_adapter, bottleneck=int(c.bottleneck), prefix=prefix,
+                                  token_score=c.token_score)
   return dict(encoder_cls=SparseTuningEncoder, block_cls=SparseTuningBlock, settings=settings, head_type=c.head)
 
 
