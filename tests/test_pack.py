@@ -16,7 +16,7 @@ import pytest
 from conftest import make_tiny_config
 from vit_adapt import train
 from vit_adapt.errors import UserError
-from vit_adapt.sweep import plan
+from vit_adapt.sweep import grid, plan
 from vit_adapt.train import packed
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pack_worker.py")
@@ -179,3 +179,12 @@ def test_the_run_axis_shards_over_a_device_mesh(clean_pack, tmp_path):
     np.testing.assert_allclose(list(l8.values()), list(l1.values()), rtol=2e-5, atol=1e-6)
     np.testing.assert_allclose(eight["eval_loss"], one["eval_loss"], rtol=2e-5)
     assert eight["num_eval_examples"] == one["num_eval_examples"]
+
+
+def test_grid_items_may_be_separated_by_commas():
+  # The form of the packed-sweep example (docs/sweeps.md): a top-level ',' before `key=` separates items.
+  assert grid.parse_grid("seed=[0,1,2,3],optim.lr=[1e-3,3e-3]") == [("seed", [0, 1, 2, 3]),
+                                                                   ("optim.lr", [1e-3, 3e-3])]
+  assert grid.parse_grid("method.mode=[a,b],seed=2") == [("method.mode", ["a", "b"]), ("seed", [2])]
+  assert grid.parse_overrides("dataset.root=/data/a,b;train.steps=3") == {"dataset.root": "/data/a,b",
+                                                                          "train.steps": 3}
