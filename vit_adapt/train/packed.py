@@ -313,9 +313,10 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
 
   # ---------------------------------------------------------------------------------------------- runs
   # Each run is initialised exactly as the trainer initialises it alone (its own model for its init fields).
-  iterators, states, frozens, method = [], [], [], None
+  iterators, trainables, model_states, frozens, models = [], [], [], [], {}
   for c, w in zip(configs, workdirs):
     model, method = methods.build_model(c)
+    model = models.setdefault(model, model)  # equal models: one instance, one compiled init
     variables = dict(methods.init_variables(model, method, c))
     params = variables.pop("params")
     it = task.train_iterator(c, seed=c.seed)
@@ -324,17 +325,23 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
       it = cached if cached is not None else it
     iterators.append(it)
     trainable, frozen = optim.split_trainable(params, method, c.optim)
-    tx, _ = optim.make_optimizer(c.optim, trainable, total_steps, warmup_steps)
-    states.append(jax.device_get(train_state.create(trainable, variables, tx, c.seed)))
+    trainables.append(jax.device_get(trainable))
+    model_states.append(jax.device_get(variables))
     # One host copy of equal frozen trees (a pre-trained backbone), one per run when they differ (random).
     frozens.append(frozens[0] if frozens and _trees_equal(frozen, frozens[0]) else frozen)
+  # The trainer's `create` per run, vmapped over the seeds: one compiled program for the pack. The optimizer
+  # state's initial value does not depend on the values runs differ in (learning rate, weight decay).
+  tx, _ = optim.make_optimizer(c0.optim, trainables[0], total_steps, warmup_steps)
+  states = jax.vmap(lambda t, m, s: train_state.create(t, m, tx, s))(
+      _stack(trainables), _stack(model_states), np.asarray([c.seed for c in configs], np.int32))
+  del trainables, model_states
   shared = all(f is frozens[0] for f in frozens)
   logging.info("Frozen backbone: %s", "one copy shared by every run" if shared else "one per run (they differ)")
   frozen_axis = None if shared else 0
   runs_sh, repl = NamedSharding(mesh, P("runs")), NamedSharding(mesh, P())
   batch_sh = NamedSharding(mesh, P("runs", "data"))
   frozen = jax.device_put(frozens[0] if shared else _stack(frozens), repl if shared else runs_sh)
-  pack = PackState(step=jnp.zeros((), jnp.int32), runs=_stack(states), failed_at=np.zeros((k,), np.int32))
+  pack = PackState(step=jnp.zeros((), jnp.int32), runs=jax.device_get(states), failed_at=np.zeros((k,), np.int32))
   pack_sh = PackState(step=repl, runs=jax.tree.map(lambda _: runs_sh, pack.runs), failed_at=runs_sh)
   pack = jax.device_put(pack, pack_sh)
   flats = [_flat(c) for c in configs]
@@ -442,7 +449,7 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
   runs = jax.device_get(pack.runs)
   frozen_host = jax.device_get(frozen)
   out: list[dict | None] = []
-  eff0 = None
+  eff0, memory = None, None
   for i, (c, w) in enumerate(zip(configs, workdirs)):
     if failed_at[i]:
       out.append(None)
@@ -454,15 +461,17 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
     model, _ = methods.build_model(c)
     local = jax.device_put(variables, jax.local_devices()[0])
     # The efficiency numbers do not depend on the values packed runs differ in: measured once (one run's
-    # training step at its batch size, its throughput), counted per run (its GMACs and statistics).
-    if eff0 is None:
-      memory = train_state.train_step_memory(c, model, method, local, task)
-    eff = efficiency.report(c, model, local, example_input=task.example_input, trainable=trainable,
-                            eval_stats=last_eval[i]["stats"], train_memory_bytes=memory,
-                            measure_throughput=c.efficiency.enabled and eff0 is None)
-    if eff0 is None:
-      eff0 = eff
-    eff = {**{key: v for key, v in eff0.items() if key.startswith("throughput_")}, **eff}
+    # training step at its batch size, its GMACs, its throughput); a method whose compute depends on the input
+    # (a `gmacs` statistic) gets its own report from its own statistics.
+    if eff0 is None or "gmacs" in last_eval[i]["stats"]:
+      memory = memory if eff0 is not None else train_state.train_step_memory(c, model, method, local, task)
+      eff = efficiency.report(c, model, local, example_input=task.example_input, trainable=trainable,
+                              eval_stats=last_eval[i]["stats"], train_memory_bytes=memory,
+                              measure_throughput=c.efficiency.enabled and eff0 is None)
+      eff = {**{key: v for key, v in (eff0 or {}).items() if key.startswith("throughput_")}, **eff}
+    else:
+      eff = dict(eff0)
+    eff0 = eff0 or eff
     final_loss = last_train[i].get("train/loss")
     if final_loss is None and start_step == total_steps:
       final_loss = results_lib.read_field(w, "final_train_loss")
