@@ -5,7 +5,7 @@ points (where a late import keeps `--help` fast).
 Layers, lowest first; a module may import its own package and any lower layer, never a peer or a higher one:
 
   {errors, machine} < registry < {cli, compile_cache} < {models, data} < checkpoints < efficiency < {methods, tasks} < config_lib < train < sweep
-  < entry points (main, convert, predict, curve, report, met_calibrate, shared_features, */__main__)
+  < entry points (main, convert, predict, curve, report, met_calibrate, shared_features, pack, */__main__)
 """
 
 import ast
@@ -19,7 +19,7 @@ import vit_adapt
 
 PACKAGE_DIR = os.path.dirname(vit_adapt.__file__)
 ENTRY_POINTS = {"vit_adapt.main", "vit_adapt.convert", "vit_adapt.predict", "vit_adapt.curve", "vit_adapt.report",
-                "vit_adapt.met_calibrate", "vit_adapt.shared_features", "vit_adapt.data.prepare"}
+                "vit_adapt.met_calibrate", "vit_adapt.shared_features", "vit_adapt.pack", "vit_adapt.data.prepare"}
 LAYERS = {
     "vit_adapt.errors": 0, "vit_adapt.machine": 0, "vit_adapt.registry": 0.5, "vit_adapt.cli": 1, "vit_adapt.compile_cache": 1,
     "vit_adapt.models": 2, "vit_adapt.data": 2,

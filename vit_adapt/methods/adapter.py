@@ -47,9 +47,9 @@ def defaults():
 
 def model_kwargs(c, backbone) -> dict[str, Any]:
   return dict(block_cls=AdapterBlock,
-              settings=AdapterSettings(bottleneck=c.bottleneck, adapter_scale=c.scale, adapter_dropout=c.dropout))
+              settings=AdapterSettings(bottleneck=c.bottleneck, adapter_scale=base.as_number(c.scale), adapter_dropout=c.dropout))
 
 
 ADAPTER = base.register(base.Method(
     name="adapter", model_cls=vit.VisionTransformer, trainable=(r"/adapter/", r"^head/"), defaults=defaults,
-    model_kwargs=model_kwargs, doc=__doc__))
+    model_kwargs=model_kwargs, traced_fields=("scale",), doc=__doc__))

@@ -44,6 +44,11 @@ class LossInputs:
   batch_mean: Callable[[str, jax.Array], jax.Array] = lambda name, value: value
 
 
+def as_number(x):
+  """A config number as a float; a per-run value traced in a packed sweep (a JAX array) as it is."""
+  return float(x) if isinstance(x, (int, float)) else x
+
+
 def task_loss_only(inp: LossInputs):
   """The default method loss: the task's loss alone (logged as 'ce')."""
   ce = inp.task_loss(inp.logits)
@@ -119,6 +124,12 @@ class Method:
   # `config.method` fields added after configs of this method were first saved, with the value that reproduces
   # how those older configs ran; filled into a stored config (a model directory) that lacks them.
   legacy: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  # Packed sweeps (`vit_adapt.train.packed`): `config.method` fields that enter the model and the loss only as
+  # numbers (no shape, no Python branch), so runs packed into one program may differ in them (each run's value
+  # is traced); their `model_kwargs` must pass them through `as_number`, not `float`.
+  traced_fields: Sequence[str] = ()
+  # ... and fields that only set initial parameter values (each packed run initialises its own parameters).
+  init_fields: Sequence[str] = ()
   doc: str = ""
 
 

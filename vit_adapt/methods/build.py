@@ -8,6 +8,7 @@ trainable patterns of a 'trainable'-scope directory, and how the frozen rest is 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 
 import jax
@@ -68,13 +69,20 @@ def fill_legacy_fields(config) -> None:
                    name, value)
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_init(model):
+  # Equal models (hashable Linen dataclasses) share one compiled `init`: the runs of a packed sweep, which
+  # differ in their seeds only, compile it once instead of once per run.
+  return jax.jit(model.init)
+
+
 def init_variables(model, method, config, *, load_backbone: bool = True):
   """Initialises `model` from `config.seed` and loads the backbone checkpoint `config.model.init` (if set).
 
   Deterministic in the seed: a run whose frozen backbone is random (the demo) rebuilds the same weights when
   its adapter-only checkpoint is reloaded.
   """
-  variables = dict(jax.jit(model.init)(_init_rngs(method, config.seed), _example_input(config)))
+  variables = dict(_compiled_init(model)(_init_rngs(method, config.seed), _example_input(config)))
   params = variables["params"]
   init = config.model.init
   if load_backbone and init:

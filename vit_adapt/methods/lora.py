@@ -60,9 +60,9 @@ def model_kwargs(c, backbone):
   if not c.targets or any(t not in _TARGETS for t in c.targets) or len(set(c.targets)) != len(c.targets):
     raise UserError(f"config.method.targets={c.targets!r}: use a subset of the letters {''.join(_TARGETS)} "
                     "(query, key, value, output projection), e.g. 'qv'.")
-  return dict(block_cls=LoRABlock, settings=LoRASettings(rank=c.rank, alpha=float(c.alpha), targets=c.targets))
+  return dict(block_cls=LoRABlock, settings=LoRASettings(rank=c.rank, alpha=base.as_number(c.alpha), targets=c.targets))
 
 
 LORA = base.register(base.Method(
     name="lora", model_cls=vit.VisionTransformer, trainable=(r"/lora_", r"^head/"), defaults=defaults,
-    model_kwargs=model_kwargs, doc=__doc__))
+    model_kwargs=model_kwargs, traced_fields=("alpha",), doc=__doc__))

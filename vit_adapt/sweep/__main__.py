@@ -26,6 +26,9 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   'off': every run on its own
   --compilation_cache  JAX's persistent compilation cache shared by the jobs: a directory, or 'off'
                   (default ~/.cache/vit_adapt/jax; vit_adapt/compile_cache.py)
+  --pack          K > 1: runs that agree on everything that fixes array shapes (they may differ in seed,
+                  learning rate, weight decay, label smoothing and a method's numeric fields) train K at a time
+                  in one compiled program (vit_adapt/sweep/pack.py, vit_adapt/train/packed.py); 1 = off
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ _DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0 =
 _SHARD = flags.DEFINE_string("shard", "0/1", "'i/n': this process runs runs i, i+n, i+2n, ...")
 _RETRIES = flags.DEFINE_integer("retries", 0, "Retries of a failed run within this invocation.")
 _SHARE = flags.DEFINE_enum("share_features", "auto", ["auto", "off"], "Frozen-feature sharing (see doc).")
+_PACK = flags.DEFINE_integer("pack", 1, "Train up to K packable runs in one program (1 = every run alone).")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the runs and their commands, run nothing.")
 _PROGRESS = flags.DEFINE_float("progress_every_s", 60.0, "Seconds between progress lines while nothing changes.")
 compile_cache.define_flag()
@@ -66,12 +70,14 @@ def main(argv):
     raise UserError("--workdir is required: the directory that holds every run of the sweep.")
   if _RUNS_PER_DEVICE.value < 1:
     raise UserError("--runs_per_device must be >= 1.")
+  if _PACK.value < 1:
+    raise UserError(f"--pack={_PACK.value}: use 1 (every run alone) or K > 1 (up to K runs in one program).")
   shard = parse_shard(_SHARD.value)
   workdir = os.path.abspath(_WORKDIR.value)
   runs = make_runs(_CONFIG.value, _TASKS.value, _GRID.value, _OVERRIDES.value, shard)
   if not runs:
     raise UserError("the sweep has no runs (empty --tasks or --grid, or a shard with nothing in it).")
-  jobs = make_jobs(runs, workdir, _SHARE.value)
+  jobs = make_jobs(runs, workdir, _SHARE.value, pack=_PACK.value)
   if _DRY_RUN.value:
     for job in jobs:
       print(f"{job.name}\n  {' '.join(job.command)}")

@@ -5,7 +5,8 @@ A sweep is (config files) x (tasks) x (grid points). Every run gets a readable d
 task through the config argument (`configs/x.py:task=vtab/dtd`, so the config file derives the class count and
 any task-specific recipe) and sets the grid point with `--config.<key>=<value>` overrides.
 
-Grid syntax (`--grid`): `key=[v1,v2,...]` items separated by `;`, e.g. `optim.lr=[1e-3,3e-3];seed=[0,1,2]`.
+Grid syntax (`--grid`): `key=[v1,v2,...]` items separated by `;` (or by a `,` that is outside brackets and
+quotes and followed by `key=`), e.g. `optim.lr=[1e-3,3e-3];seed=[0,1,2]` or `seed=[0,1],optim.lr=[1e-3,3e-3]`.
 Values are Python literals (numbers, quoted strings, tuples); bare words are strings (`method.mode=[a,b]`);
 `key=v` is a one-value axis. The product of all axes is taken in the order written.
 """
@@ -75,12 +76,29 @@ def _split_top_level(text: str, sep: str) -> list[str]:
 
 
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_STARTS_ITEM = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_.]*\s*=")
+
+
+def _split_items(spec: str) -> list[str]:
+  """Items separated by ';', or by a top-level ',' that starts a new `key=` (a value's own commas stay)."""
+  items = []
+  for part in _split_top_level(spec, ";"):
+    pieces = _split_top_level(part, ",")
+    current = pieces[0]
+    for piece in pieces[1:]:
+      if _STARTS_ITEM.match(piece):
+        items.append(current)
+        current = piece
+      else:
+        current += "," + piece
+    items.append(current)
+  return items
 
 
 def parse_grid(spec: str) -> list[tuple[str, list[Any]]]:
   """'optim.lr=[1e-3,3e-3];seed=[0,1]' -> [('optim.lr', [0.001, 0.003]), ('seed', [0, 1])]."""
   axes: list[tuple[str, list[Any]]] = []
-  for item in filter(None, (s.strip() for s in _split_top_level(spec or "", ";"))):
+  for item in filter(None, (s.strip() for s in _split_items(spec or ""))):
     key, sep, values = item.partition("=")
     key, values = key.strip(), values.strip()
     if not sep or not _KEY.fullmatch(key) or not values:

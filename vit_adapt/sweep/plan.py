@@ -11,6 +11,7 @@ import sys
 from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.sweep import pack as sweep_pack
 from vit_adapt.sweep import runner as sweep_runner
 from vit_adapt.sweep import shared_features
 
@@ -47,8 +48,9 @@ def make_runs(configs, tasks: str, grid: str, overrides: str, shard=(0, 1)) -> l
   return runs[i::n]
 
 
-def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> list[sweep_runner.Job]:
-  """Single-run jobs, except groups of runs that can share frozen features (one job per group)."""
+def make_jobs(runs, workdir: str, share: str, python: str = sys.executable, pack: int = 1) -> list[sweep_runner.Job]:
+  """Single-run jobs, except groups of runs that can share frozen features (one job per group) and, with
+  `pack` > 1, packs of up to `pack` runs trained in one program (one job per pack)."""
   groups: list[list[sweep_grid.Run]] = []
   caches: dict[str, tuple[str, str, str]] = {}
   if share == "auto":
@@ -60,6 +62,12 @@ def make_jobs(runs, workdir: str, share: str, python: str = sys.executable) -> l
     group_dir = shared_features.group_dir(workdir, g)
     jobs.append(sweep_runner.Job(runs=g, command=shared_features.group_command(python, workdir, g, group_dir),
                                  log_dir=group_dir))
+  # A pack trains its runs' own feature caches itself, so runs that share a cache with others are left alone.
+  packs = sweep_pack.plan_packs([r for r in runs if r.name not in grouped and r.name not in caches], pack)
+  for p in packs:
+    pdir = sweep_pack.pack_dir(workdir, p)
+    jobs.append(sweep_runner.Job(runs=p, command=sweep_pack.pack_command(python, workdir, p, pdir), log_dir=pdir))
+  grouped |= {r.name for p in packs for r in p}
   by_name: dict[str, sweep_runner.Job] = {}
   for r in runs:
     if r.name in grouped:

@@ -94,7 +94,7 @@ class TrainCheckpoints:
         self._quarantine(step, e, has_previous=i + 1 < len(steps))
         continue
       logging.info("Resumed from checkpoint step %d in %s", step, self.directory)
-      return train_state_lib.TrainState.from_dict(restored.state)
+      return type(state).from_dict(restored.state)  # a TrainState, or a packed sweep's stacked PackState
     return None
 
   def _quarantine(self, step: int, error: Exception, *, has_previous: bool) -> None:

@@ -104,12 +104,27 @@ def schedule_lengths(config, num_train: int) -> tuple[int, int, int]:
   return steps_per_epoch, total, warmup
 
 
+def _number(x):
+  """A config number as a float; a per-run value traced by a packed sweep (`train/packed.py`) as it is."""
+  return float(x) if isinstance(x, (int, float)) else x
+
+
+def _is_zero(x) -> bool:
+  """Whether a config number is 0 (a traced per-run value never is: packs only trace values that vary)."""
+  return isinstance(x, (int, float)) and x == 0
+
+
 def schedule(optim_config, total_steps: int, warmup_steps: int) -> optax.Schedule:
   """Linear warmup from 0 to `lr` over `warmup_steps`, then half cosine to `min_lr` at `total_steps` (optax's
-  warmup-cosine schedule; a run of no more steps than its warmup keeps one cosine step, as before)."""
+  warmup-cosine schedule, built from its parts so that `lr` and `min_lr` may be traced per run in a packed
+  sweep; a run of no more steps than its warmup keeps one cosine step, as before)."""
   warmup_steps = min(warmup_steps, total_steps)
-  return optax.warmup_cosine_decay_schedule(0.0, float(optim_config.lr), warmup_steps,
-                                            max(total_steps, warmup_steps + 1), end_value=float(optim_config.min_lr))
+  decay_steps = max(total_steps, warmup_steps + 1)
+  lr, end = _number(optim_config.lr), _number(optim_config.min_lr)
+  alpha = end / lr  # lr > 0 (config_lib.validate); the same expression as optax's warmup_cosine_decay_schedule
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps),
+                               optax.cosine_decay_schedule(lr, decay_steps - warmup_steps, alpha)],
+                              [warmup_steps])
 
 
 def _scale_per_leaf(factors) -> optax.GradientTransformation:
@@ -139,8 +154,8 @@ def make_optimizer(optim_config, trainable, total_steps: int, warmup_steps: int)
   if optim_config.grad_clip > 0:
     chain.append(optax.clip_by_global_norm(float(optim_config.grad_clip)))
   chain.append(optax.scale_by_adam(b1=optim_config.b1, b2=optim_config.b2, eps=optim_config.eps))
-  if optim_config.wd > 0:
-    chain.append(_decoupled_decay(float(optim_config.wd), wd_mult))
+  if not _is_zero(optim_config.wd):
+    chain.append(_decoupled_decay(_number(optim_config.wd), wd_mult))
   chain.append(optax.scale_by_learning_rate(sched))
   if any(p.lr_mult != 1.0 for p in policy.values()):
     chain.append(_scale_per_leaf(lr_mult))

@@ -342,7 +342,7 @@ def model_kwargs(c, backbone) -> dict[str, Any]:
   if c.num_experts < 1 or c.bottleneck < 1:
     raise UserError(f"config.method.num_experts={c.num_experts}, bottleneck={c.bottleneck}: both must be >= 1.")
   settings = DyTSettings(
-      bottleneck=int(c.bottleneck), adapter_scale=float(c.scale), adapter_dropout=float(c.dropout),
+      bottleneck=int(c.bottleneck), adapter_scale=base.as_number(c.scale), adapter_dropout=float(c.dropout),
       num_experts=int(c.num_experts), dispatch=c.dispatch, tau=float(c.tau), inference=c.inference,
       capacity_rate=float(c.capacity_rate), num_buckets=int(c.num_buckets),
       attention_keys=c.attention_keys, moe_gate_input=c.moe_gate_input)
@@ -353,5 +353,6 @@ DYT = base.register(base.Method(
     name="dyt", model_cls=DyTVisionTransformer, trainable=(r"/adapter/", r"/router/", r"^head/"),
     defaults=defaults, model_kwargs=model_kwargs, loss=loss, rng_streams=("gumbel",), eval_stats=eval_stats,
     budget_knob=knob.KNOB,
+    traced_fields=("scale", "target_rate", "ce_weight", "rate_weight", "complete_ce_weight", "distill_weight"),
     # Before these fields existed skipped tokens stayed keys/values and the MoE gate read the block input.
     legacy={"attention_keys": "all", "moe_gate_input": "block_input"}, doc=__doc__))

@@ -369,6 +369,8 @@ TRAINABLE = (r"^qsm/", r"^synqt_head/", r"^head/")
 SYNQT = base.register(base.Method(
     name="synqt", model_cls=SynQTViT, trainable=TRAINABLE, defaults=defaults,
     model_kwargs=model_kwargs, post_load=post_load, doc=__doc__,
+    # The three scales are the initial values of trainable scalars (`qsm/feat_scale`, ...).
+    init_fields=("feat_scale", "attn_scale", "ffn_scale"),
     # Runs whose frozen features agree (same backbone, data, and these fields) can share one cache.
     feature_cache=base.FeatureCache(
         iterator=functools.partial(cache.feature_cache, trainable=TRAINABLE),

@@ -1,0 +1,25 @@
+"""Trains one pack of runs in one compiled program (a job of `python -m vit_adapt.sweep --pack=K`):
+
+  python -m vit_adapt.pack --pack=<workdir>/_packs/<...>/pack.json
+
+What it does: `vit_adapt.train.packed` (the library entry point is `train_pack(configs, workdirs, pack_dir)`).
+Exits 1 when a run of the pack stopped non-finite (its directory has `error.json`); the others have results.
+"""
+
+from absl import flags
+
+from vit_adapt import cli
+from vit_adapt.errors import UserError
+from vit_adapt.sweep.pack import run_pack_file
+
+_PACK = flags.DEFINE_string("pack", None, "pack.json written by vit_adapt.sweep --pack=K.")
+
+
+def main(argv):
+  if len(argv) > 1 or not _PACK.value:
+    raise UserError("usage: python -m vit_adapt.pack --pack=<dir>/pack.json")
+  return 1 if run_pack_file(_PACK.value) else 0
+
+
+if __name__ == "__main__":
+  cli.run(main)
