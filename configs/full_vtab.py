@@ -14,7 +14,7 @@ It logs the parameter table, a progress line with steps/s and ETA and the train 
 line at the end (the full record is WORKDIR/results.json):
   {"task": "vtab/dtd", "method": "full", "top1": ..., "trainable_params": 85834799, "gmacs_per_image": ...,
    "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ...}
-85,834,799 trainable (`python experiments/param_counts.py --num_classes=47`); 17.56 GMACs per image, the dense
+85,834,799 trainable (`python experiments/param_counts.py --num_classes=47`); 17.58 GMACs per image, the dense
 ViT-B/16 (`python experiments/bench_sparse_tuning.py`, dense row; docs/sparse_tuning.md).
 
 Demo (embedded digits, random-init Ti/4 backbone with 4 blocks at 16 px trained from scratch, 20 epochs = 440

@@ -13,7 +13,7 @@ It logs the parameter table, a progress line with steps/s and ETA and the train 
 line at the end (the full record is WORKDIR/results.json):
   {"task": "vtab/dtd", "method": "linear", "top1": ..., "trainable_params": 36143, "gmacs_per_image": ...,
    "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ...}
-36,143 trainable = the 47-class head (`python experiments/param_counts.py --num_classes=47`); 17.56 GMACs per
+36,143 trainable = the 47-class head (`python experiments/param_counts.py --num_classes=47`); 17.58 GMACs per
 image, the dense ViT-B/16 (`python experiments/bench_sparse_tuning.py`, dense row; docs/sparse_tuning.md).
 
 Demo (embedded digits, random frozen Ti/4 backbone with 4 blocks at 16 px, so this probes random features; 20

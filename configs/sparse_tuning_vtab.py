@@ -17,7 +17,7 @@ Reported: the final-epoch test accuracy.
 It logs the parameter table (the 12 Dense Adapters, the head), progress lines, and ends with one JSON line
 {"task": "vtab/dtd", "method": "sparse_tuning", "top1": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "throughput_images_per_s": ..., "peak_train_memory_bytes": ..., "wall_time_s": ...}. `python
-experiments/bench_sparse_tuning.py` counts 11.87 GMACs per image in paper mode, 11.78 released, 17.56 for the
+experiments/bench_sparse_tuning.py` counts 11.88 GMACs per image in paper mode, 11.79 released, 17.58 for the
 dense ViT-B/16 (docs/sparse_tuning.md, 100 classes). Full numbers in WORKDIR/results.json.
 
 Complete datasets (`complete`, e.g. `task=cifar100,complete`): the official training script's recipe - AdamW

@@ -9,8 +9,9 @@ chance). Timing: each program is compiled ahead of time and warmed up, then the 
 rounds (so background load hits them alike); the best round per mode drives the check (timeit's estimator),
 the median is printed beside it.
 
-GMACs columns: `paper` = per-image multiply-adds counted like the DyT paper (fvcore: matmuls incl. attention, convs
-and LayerNorm; dyt_flops), averaged over the batch; `compiled` = dot/conv multiply-adds of the program (its lowered module) per
+GMACs columns (both in the library's fvcore convention: matmuls incl. attention and the routers, convs, LayerNorm;
+`--gmacs_only` prints them without timing): `paper` = DyT's per-image formula (dyt_flops) from the dispatched
+token counts, averaged over the batch; `compiled` = the count of the program itself (its lowered module) per
 image (efficiency_lib; not meaningful for `threshold`, whose program contains every bucket branch, so the rows its
 MLPs actually computed are reported instead). The check printed at the end is the issue's target:
 speedup >= 0.9 x dense GMACs / DyT GMACs.
@@ -58,6 +59,7 @@ def main():
   p.add_argument("--rounds", type=int, default=7)
   p.add_argument("--rate", type=float, default=0.5)
   p.add_argument("--classes", type=int, default=100)
+  p.add_argument("--gmacs_only", action="store_true", help="print the GMACs columns (no timing) and stop")
   a = p.parse_args()
 
   dense, masked = build(a.variant, a.image_size, a.classes, inference="masked")
@@ -99,6 +101,13 @@ def main():
     stats[name]["compiled"] = efficiency_lib.lowered_gmacs(fn(modes[name][0]), modes[name][1], x,
                                                            batch_size=a.batch)
 
+  if a.gmacs_only:
+    print(f"\nGMACs per image, {a.variant} at {a.image_size}px, router calibrated to {a.rate:.2f} active\n\n"
+          "| mode | activation | GMACs (paper) | GMACs (program) |\n|---|---|---|---|")
+    for n, s in stats.items():
+      prog = "all branches" if n == "DyT threshold" else f"{s['compiled']:.2f}"
+      print(f"| {n} | {s['rate']:.3f} | {s['paper']:.2f} | {prog} |")
+    return
   for n, c in compiled.items():  # warm-up
     for _ in range(2):
       jax.block_until_ready(c(modes[n][1], x))

@@ -9,7 +9,8 @@ Random weights (speed does not depend on their values). Rows:
 Inference: the compiled `model.apply(train=False)` (what `predict` and the evaluation run), ahead-of-time compiled,
 warmed up, median of `repeats` timed calls. Training: one jitted AdamW step on the trainable sub-tree
 (gradients of the trainable parameters only, BatchNorm statistics updated), timed the same way. GMACs are counted
-from the compiled inference program. Rows are measured interleaved, round-robin, so a load change on a shared
+on the inference program in the library's convention (fvcore's: dot/conv multiply-adds + LayerNorms;
+`--gmacs_only` prints them without timing). Rows are measured interleaved, round-robin, so a load change on a shared
 machine hits every row alike; the speedup column divides by the dense row of the same run.
 """
 
@@ -89,14 +90,24 @@ def main():
   ap.add_argument("--batch_size", type=int, default=8)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--warmup", type=int, default=2)
+  ap.add_argument("--gmacs_only", action="store_true", help="print each row's GMACs (no timing) and stop")
   args = ap.parse_args()
+  if args.gmacs_only:
+    print(f"GMACs per image (fvcore convention), ViT-{args.variant} at {args.image_size} px\n\n| model | GMACs |\n|---|---|")
 
   rows = []
   for name, method, fields in ROWS:
     model, m, variables = build(method, fields, args)
+    if args.gmacs_only:
+      x = jnp.zeros((1, args.image_size, args.image_size, 3), jnp.float32)
+      print(f"| {name} | {efficiency_lib.lowered_gmacs(lambda v, im: model.apply(v, im)[0], variables, x):.2f} |",
+            flush=True)
+      continue
     gmacs, infer, train = compiled_fns(model, m, variables, args)
     rows.append(dict(name=name, gmacs=gmacs, infer=infer, train=train, t_inf=[], t_train=[]))
     print(f"compiled {name}", flush=True)
+  if args.gmacs_only:
+    return
   for r in rows:
     for _ in range(args.warmup):
       timed(r["infer"]), timed(r["train"])

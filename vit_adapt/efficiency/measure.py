@@ -1,13 +1,20 @@
 """Measurements every method shares: GMACs of the program, memory of the compiled one, timed throughput.
 
-GMACs (the unit the papers call GFLOPs, counted with fvcore: one multiply-add = one FLOP, matmuls and convs):
-the multiply-adds of every `dot` and `convolution` instruction of the program as JAX lowers it, BEFORE backend
-optimisation (`lowered_macs`: `jax.jit(fn).lower(...).as_text(dialect="hlo")`). That module is the same on CPU,
-GPU and TPU, so a config has one figure everywhere; the optimised module is not: on GPU XLA rewrites matmuls and
+GMACs, ONE convention for every method: fvcore's, the one the papers' "GFLOPs" use (fvcore/nn/jit_handles.py):
+one multiply-add = one FLOP for matmuls (attention's QK^T and AV included), Linear layers (heads, routers, gates)
+and convolutions, plus 5 flops per input element of every (affine) LayerNorm (`norm_flop_counter`); softmax, GELU,
+poolings by mean and element-wise ops count nothing. Dense ViT-B/16 at 224 px: 17.58 (17.56 of dot/conv + 0.02
+of LayerNorm). Formulas that some methods use for input-dependent compute (DyT's `dyt_flops`) follow the same
+convention and are tested equal to the program count (tests/test_gmacs_convention.py). Not counted: the inference
+BatchNorm of Sparse-Tuning's head (fvcore: 1 per element, 768 flops).
+
+How: the multiply-adds of every `dot` and `convolution` instruction, and the LayerNorms (`hlo_macs`), of the
+program as JAX lowers it, BEFORE backend optimisation (`lowered_macs`: `jax.jit(fn).lower(...).as_text(
+dialect="hlo")`). That module is the same on CPU, GPU and TPU, so a config has one figure everywhere; the optimised module is not: on GPU XLA rewrites matmuls and
 convolutions into cuBLAS/cuDNN `custom-call`s (`__cublas$gemm`, `__cudnn$convForward`), which are not dot
 instructions. The backend-optimised module is therefore never counted: `hlo_macs` raises on a module with such
 library calls (tests/data/gpu_optimised.hlo) rather than return a figure that misses them. What XLA would
-remove before running is not counted either, so the figure equals the count of the optimised CPU program:
+remove before running is not counted either, so the dot/conv figure equals the count of the optimised CPU program:
 instructions the result does not depend on (dead code), and repeated computations (CSE: an instruction equal to an
 earlier one, called computations compared by contents). Attention is traced on XLA's path for the count
 (`vit.xla_attention`; on GPU the model runs cuDNN's fused attention, a custom-call with the same matmuls). A computation counts once per `call` site, a while body
@@ -96,6 +103,55 @@ class _Instruction:
   macs: int
   operands: list[str]
   callees: list[str]
+  op: str = ""
+  role: str = ""  # its part in a LayerNorm, see `_layer_norm_role`
+  norm_flops: int = 0  # fvcore's charge for a whole LayerNorm, on its 'applied' instruction
+
+
+# fvcore's `norm_flop_counter`: an affine LayerNorm costs 5 per input element (4 without scale/shift; every
+# LayerNorm of this library is affine).
+LAYER_NORM_FLOPS_PER_ELEMENT = 5
+# What lies between a normalisation's statistics (`reduce`s of its input) and its use: mean, E[x^2] - mean^2,
+# clipping at 0, + epsilon, casts and reshapes.
+_STATISTICS_OPS = frozenset({"add", "subtract", "multiply", "divide", "maximum", "reshape", "broadcast", "convert",
+                             "constant", "bitcast", "copy"})
+_RESHAPING_OPS = frozenset({"reshape", "broadcast", "convert", "bitcast", "copy"})
+
+
+def _from_statistics(name: str, instructions: dict[str, _Instruction]) -> bool:
+  """Whether `name` is computed only from `reduce`s (and constants): a normalisation's mean or variance."""
+  found, todo, seen = False, [name], set()
+  while todo:
+    n = todo.pop()
+    if n in seen or n not in instructions:
+      continue
+    seen.add(n)
+    ins = instructions[n]
+    if ins.op == "reduce":
+      found = True
+    elif ins.op in _STATISTICS_OPS:
+      todo += ins.operands
+    else:
+      return False
+  return found
+
+
+def _layer_norm_role(op: str, operands: list[str], instructions: dict[str, _Instruction]) -> str:
+  """'scale': 1/sqrt(var + eps) of reduced statistics, possibly times the LayerNorm's scale; 'centered': x - mean;
+  'applied': centered x scale, the normalisation of one LayerNorm (counted there, once per LayerNorm: two norms of
+  the same input share their statistics after CSE but not this product)."""
+  roles = [instructions[o].role if o in instructions else "" for o in operands]
+  if op == "rsqrt":
+    return "scale" if _from_statistics(operands[0], instructions) else ""
+  if op == "subtract" and len(operands) == 2 and _from_statistics(operands[1], instructions):
+    return "centered"
+  if op in _RESHAPING_OPS and roles and roles[0] in ("scale", "centered"):
+    return roles[0]
+  if op == "multiply" and sorted(roles) == ["centered", "scale"]:
+    return "applied"
+  if op == "multiply" and "scale" in roles and "centered" not in roles:
+    return "scale"  # the LayerNorm's own scale parameter folded into 1/sqrt(var + eps)
+  return ""
 
 
 def _callee_names(attributes: str) -> list[str]:
@@ -151,8 +207,10 @@ def _parse(hlo_text: str) -> tuple[str, dict[str, dict[str, _Instruction]], dict
       array = _ARRAY.match(shape)
       dims = _dims(array.group(1)) if array else []
       shapes[name] = dims
+      role = _layer_norm_role(op, operands, computations[current])
+      norm = LAYER_NORM_FLOPS_PER_ELEMENT * int(np.prod(dims)) if role == "applied" else 0
       computations[current][name] = _Instruction(_instruction_macs(dims, op, operands, attributes, shapes),
-                                                 operands, _callee_names(attributes))
+                                                 operands, _callee_names(attributes), op, role, norm)
     if line.lstrip().startswith("ROOT"):
       roots[current] = alias.get(name, name)
   finish()
@@ -161,8 +219,14 @@ def _parse(hlo_text: str) -> tuple[str, dict[str, dict[str, _Instruction]], dict
   return entry, computations, roots
 
 
-def hlo_macs(hlo_text: str) -> int:
-  """Multiply-adds of the dot/convolution instructions an HLO module's entry computation runs.
+def hlo_macs(hlo_text: str, *, layer_norm: bool = True) -> int:
+  """GMACs-convention count (x 1e9) of what an HLO module's entry computation runs: the multiply-adds of its
+  dot/convolution instructions, plus (`layer_norm`) 5 per element of every LayerNorm (fvcore's convention).
+
+  LayerNorms are recognised on the LOWERED module: (x - mean) times rsqrt(var + eps) [times scale], mean and var
+  computed by `reduce`s, counted on that product (one per LayerNorm, elements = its input's); in a
+  backend-optimised module those pieces sit in different fusions, so compare such a module with `layer_norm=False`.
+  A normalisation by stored statistics (an inference BatchNorm) is not a LayerNorm and is not counted.
 
   Counts what XLA keeps: only instructions the computation's result depends on (dead code, which the lowered
   module may still hold, does not count), and a computation once per live instruction that runs it (a `call` per
@@ -184,7 +248,8 @@ def hlo_macs(hlo_text: str) -> int:
         if name in instructions and name not in live:
           live.add(name)
           todo += instructions[name].operands
-      memo[c] = sum(instructions[n].macs + sum(total(k) for k in instructions[n].callees) for n in live)
+      memo[c] = sum(instructions[n].macs + (instructions[n].norm_flops if layer_norm else 0)
+                    + sum(total(k) for k in instructions[n].callees) for n in live)
     return memo[c]
   return total(entry)
 

@@ -284,7 +284,8 @@ class DyTVisionTransformer(vit.VisionTransformer):
     per_block = dyt_flops.block_macs(dispatched.astype(jnp.float32), dispatch=self.settings.dispatch,
                                      width=self.width, mlp_dim=self.mlp_dim, num_tokens=n,
                                      bottleneck=self.settings.bottleneck,
-                                     attention_keys=self.settings.attention_keys)
+                                     attention_keys=self.settings.attention_keys,
+                                     num_experts=self.settings.num_experts)
     base_macs = dyt_flops.base_macs(width=self.width, patch_size=self.patch_size, num_patches=self.num_patches,
                                     num_classes=self.num_classes)
     return (base_macs + jnp.sum(per_block, axis=1)) / 1e9
