@@ -44,7 +44,7 @@ def build(method, kind, frames, fields, args):
   x = jax.random.uniform(jax.random.PRNGKey(1), (args.batch_size, frames, args.image_size, args.image_size, 3),
                          minval=-1, maxval=1)
   fn = lambda v, x: model.apply(v, x, train=False)[0]
-  gmacs = measure.compiled_gmacs(fn, variables, x[:1])
+  gmacs = measure.lowered_gmacs(fn, variables, x[:1])
   compiled = jax.jit(fn).lower(variables, x).compile()
   return gmacs, lambda: jax.block_until_ready(compiled(variables, x))
 
