@@ -30,7 +30,8 @@ def child(args) -> None:
   import jax
   from absl import logging
 
-  from vit_adapt import compile_cache, train
+  from vit_adapt import train
+  from vit_adapt.cli import compile_cache
   from vit_adapt.efficiency import measure
 
   logging.set_verbosity(logging.WARNING)

@@ -4,7 +4,7 @@ points (where a late import keeps `--help` fast).
 
 Layers, lowest first; a module may import its own package and any lower layer, never a peer or a higher one:
 
-  {errors, machine} < registry < {cli, compile_cache} < {models, data} < checkpoints < efficiency < {methods, tasks} < config_lib < train < sweep
+  {errors, machine} < registry < cli < {models, data} < checkpoints < efficiency < {methods, tasks} < config_lib < train < sweep
   < entry points (main, convert, predict, curve, report, met_calibrate, shared_features, pack, */__main__)
 """
 
@@ -21,7 +21,7 @@ PACKAGE_DIR = os.path.dirname(vit_adapt.__file__)
 ENTRY_POINTS = {"vit_adapt.main", "vit_adapt.convert", "vit_adapt.predict", "vit_adapt.curve", "vit_adapt.report",
                 "vit_adapt.met_calibrate", "vit_adapt.shared_features", "vit_adapt.pack", "vit_adapt.data.prepare"}
 LAYERS = {
-    "vit_adapt.errors": 0, "vit_adapt.machine": 0, "vit_adapt.registry": 0.5, "vit_adapt.cli": 1, "vit_adapt.compile_cache": 1,
+    "vit_adapt.errors": 0, "vit_adapt.machine": 0, "vit_adapt.registry": 0.5, "vit_adapt.cli": 1,
     "vit_adapt.models": 2, "vit_adapt.data": 2,
     "vit_adapt.checkpoints": 3, "vit_adapt.efficiency": 3.5, "vit_adapt.methods": 4, "vit_adapt.tasks": 4,
     "vit_adapt.config_lib": 5, "vit_adapt.train": 7, "vit_adapt.sweep": 8, "vit_adapt": 9,

@@ -11,7 +11,8 @@ import pytest
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from vit_adapt import compile_cache, train
+from vit_adapt import train
+from vit_adapt.cli import compile_cache
 from vit_adapt.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,7 @@ def test_cache_directory_from_flag_environment_or_default(monkeypatch, tmp_path)
 _CHILD = """
 import json, sys
 import jax, jax.numpy as jnp
-from vit_adapt import compile_cache
+from vit_adapt.cli import compile_cache
 events = []
 jax.monitoring.register_event_listener(lambda name, **kw: events.append(name))
 compile_cache.enable(sys.argv[1], min_compile_time_s=0.0)

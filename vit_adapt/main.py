@@ -11,7 +11,8 @@ import json
 from absl import flags
 from ml_collections import config_flags
 
-from vit_adapt import cli, compile_cache
+from vit_adapt import cli
+from vit_adapt.cli import compile_cache
 from vit_adapt.errors import UserError
 
 config_flags.DEFINE_config_file("config", None, "Experiment config: configs/<method>_vtab.py[:key=value,...].")

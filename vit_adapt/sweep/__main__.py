@@ -25,7 +25,7 @@ end with their log paths and the command exits 1. Then `python -m vit_adapt.repo
                   features agree share one feature cache (the first builds it, the others start after it);
                   'off': every run on its own
   --compilation_cache  JAX's persistent compilation cache shared by the jobs: a directory, or 'off'
-                  (default ~/.cache/vit_adapt/jax; vit_adapt/compile_cache.py)
+                  (default ~/.cache/vit_adapt/jax; vit_adapt/cli/compile_cache.py)
   --pack          K > 1: runs that agree on everything that fixes array shapes (they may differ in seed,
                   learning rate, weight decay, label smoothing and a method's numeric fields) train K at a time
                   in one compiled program (vit_adapt/sweep/pack.py, vit_adapt/train/packed.py); 1 = off
@@ -38,7 +38,8 @@ import sys
 
 from absl import flags
 
-from vit_adapt import cli, compile_cache
+from vit_adapt import cli
+from vit_adapt.cli import compile_cache
 from vit_adapt.errors import UserError
 from vit_adapt.sweep import devices as sweep_devices
 from vit_adapt.sweep import runner as sweep_runner
