@@ -255,6 +255,8 @@ class SparseTuningEncoder(vit.Encoder):
     for i, blk in enumerate(self.blocks):
       x, sel = blk.attend_and_select(x, det)
       if sel is not None:
+        # The prefix is static; under `model.remat` every output of the block comes back traced, this one too.
+        sel = sel._replace(prefix=p)
         outputs = {j: apply_selection(sel, a) for j, a in outputs.items()}
         parts = [tokens.gather_tokens(patch_ids[..., None], sel.idx)[..., 0]]
         if sel.keep_mask is not None:
