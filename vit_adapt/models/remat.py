@@ -18,7 +18,8 @@ the recomputation merges back into the forward pass, or is scheduled there, and 
 alive as without remat (a stack of dense layers: the same temporary bytes with and without `jax.checkpoint`). Each
 block's backward here reads its saved values through a data dependence on the block's incoming cotangents
 (`+ 0 * cotangent`), which no compiler pass removes: the recomputation cannot run before the later blocks'
-backward passes, nor be merged with the forward pass, on any backend.
+backward passes, nor be merged with the forward pass, on any backend. (A non-finite cotangent makes the block's
+gradients NaN, where they would be non-finite anyway.)
 """
 
 from __future__ import annotations
