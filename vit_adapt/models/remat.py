@@ -9,8 +9,17 @@ keep, trading compute for activation memory.
           (`jax.checkpoint_policies.nothing_saveable`)
 
 `remat_block(block_cls, policy)` is the block class with its entry points (`block_cls.remat_methods`: the
-methods the encoder calls, `__call__` unless a method's block says otherwise) under `nn.remat`. Parameter names,
+methods the encoder calls, `__call__` unless a method's block says otherwise) rematerialised. Parameter names,
 values and gradients are those of `block_cls`; only what the compiled training step keeps in memory changes.
+
+Why not plain `nn.remat`: `jax.checkpoint` keeps the recomputation apart from the forward pass only with
+optimisation barriers, and XLA's CPU pipeline strips those early (`cse_barrier_expander`) and then runs CSE again:
+the recomputation merges back into the forward pass, or is scheduled there, and every block's intermediates stay
+alive as without remat (a stack of dense layers: the same temporary bytes with and without `jax.checkpoint`). Each
+block's backward here reads its saved values through a data dependence on the block's incoming cotangents
+(`+ 0 * cotangent`), which no compiler pass removes: the recomputation cannot run before the later blocks'
+backward passes, nor be merged with the forward pass, on any backend. (A non-finite cotangent makes the block's
+gradients NaN, where they would be non-finite anyway.)
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import functools
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax.core import lift
 
 from vit_adapt.errors import UserError
 
@@ -35,8 +46,61 @@ def check_policy(policy: str) -> None:
                     f"{', '.join(repr(p) for p in POLICIES)}.")
 
 
+def _anchor(cotangents):
+  """A float32 zero that depends on every floating-point cotangent (one element of each, times 0). XLA does not
+  fold `x * 0` for floats (NaN/inf semantics), so the dependence survives every pass."""
+  zero = jnp.zeros((), jnp.float32)
+  for ct in jax.tree.leaves(cotangents):
+    if jnp.issubdtype(ct.dtype, jnp.inexact) and ct.size:
+      zero = zero + 0.0 * ct.reshape(-1)[0].astype(jnp.float32)
+  return zero
+
+
+def tied_checkpoint(fn, policy, untied_argnums=()):
+  """`jax.checkpoint(fn, policy=policy)` whose backward pass reads the saved values (inputs and what `policy`
+  keeps) through a data dependence on the cotangents (see the module doc). Values and gradients are those of
+  `fn` (a value plus 0.0 is the value). Saved values that are leaves of the arguments `untied_argnums` (the
+  parameters: no recomputation starts from them alone) are read as they are, saving the copies."""
+  checkpointed = jax.checkpoint(fn, policy=policy)
+  tied = []  # per saved value: whether the backward pass ties it (structure only: set when `forward` is traced)
+
+  @jax.custom_vjp
+  def call(*args):
+    return fn(*args)
+
+  def forward(*args):
+    out, vjp_fn = jax.vjp(checkpointed, *args)  # the backward function: a pytree of the saved values
+    untied = {id(x) for i in untied_argnums for x in jax.tree.leaves(args[i])}
+    tied[:] = [id(r) not in untied and jnp.issubdtype(r.dtype, jnp.inexact) for r in jax.tree.leaves(vjp_fn)]
+    return out, vjp_fn
+
+  def backward(vjp_fn, cotangents):
+    anchor = _anchor(cotangents)
+    leaves, treedef = jax.tree.flatten(vjp_fn)
+    leaves = [r + anchor.astype(r.dtype) if t else r for r, t in zip(leaves, tied)]
+    return jax.tree.unflatten(treedef, leaves)(cotangents)
+
+  call.defvjp(forward, backward)
+  return call
+
+
+def _lifted_checkpoint(fn, policy, variables=True, rngs=True):
+  """`flax.core.lift.checkpoint` with `tied_checkpoint` in place of `jax.checkpoint`."""
+
+  def inner(scope_fn, repack_fn, variable_groups, rng_groups, *args):
+    def pure(variable_groups, rng_groups, *args):
+      scope = scope_fn(variable_groups, rng_groups)
+      y = fn(scope, *args)
+      return y, repack_fn(scope)
+
+    return tied_checkpoint(pure, policy, untied_argnums=(0,))(variable_groups, rng_groups, *args)
+
+  return lift.pack(inner, (variables,), (variables,), (rngs,), name="remat")
+
+
 def _rematted(fn, policy):
-  """`fn` (a block method) under `nn.remat`. jax.checkpoint traces every argument it is given, while blocks take
+  """`fn` (a block method) rematerialised (`tied_checkpoint`, lifted to Linen as `nn.remat` lifts
+  `jax.checkpoint`). jax.checkpoint traces every argument it is given, while blocks take
   Python switches (`deterministic`, DyT's `complete`) as keywords: array leaves of the arguments go through the
   checkpoint, every other leaf is closed over as the constant it is."""
 
@@ -51,7 +115,7 @@ def _rematted(fn, policy):
       return fn(module, *a, **kw)
 
     arrays = [x for arr, x in zip(is_array, leaves) if arr]
-    return nn.remat(inner, policy=policy)(self, *arrays)
+    return nn.transforms.lift_transform(_lifted_checkpoint, inner, policy=policy)(self, *arrays)
 
   return call
 
