@@ -8,6 +8,7 @@ anything under `vit_adapt.cli` runs `cli/__init__.py`, which needs absl.
   machine_accelerator()   the NVIDIA GPU or TPU from device files, environment and PATH
   plugin_installed()      whether a JAX plugin for it is installed (by distribution name; no import)
   pip_install()           the pip command that installs vit_adapt with the JAX of an accelerator
+  apply_xla_cpu_defaults() the package's XLA CPU compiler options, into XLA_FLAGS before JAX starts (below)
 """
 
 from __future__ import annotations
@@ -115,3 +116,65 @@ def pip_install(kind: str, repo_dir: str, pip: Sequence[str] = ("pip",), extras:
   if extras is None or extra in extras:
     return cmd + [f"{repo_dir}[{extra}]"]
   return cmd + [repo_dir, jax_requirement(kind, jax_min)]
+
+# ------------------------------------------------------------------------------------------------------------
+# XLA CPU compiler options the package sets by default, before JAX starts its CPU backend.
+#
+# XLA reads `XLA_FLAGS` once, when the first backend is created; `vit_adapt/__init__.py` calls
+# `apply_xla_cpu_defaults()` on import,
+# so every entry point (and any program that imports vit_adapt before running JAX computations) gets them. Each
+# option is added only when `XLA_FLAGS` does not name that option already: what the user sets wins. Set
+# `VIT_ADAPT_XLA_CPU_DEFAULTS=0` to add none. They only change how XLA compiles for the CPU; GPU/TPU programs are
+# unaffected. XLA aborts on an option it does not know, and these are experimental options of recent jaxlibs: they
+# are added only for the jaxlib releases they were measured on (`XLA_CPU_JAXLIBS`); others get XLA's own defaults.
+#
+# Why (experiments/profile_cpu.py: ViT-B/16 float32 batch 8 on the project's 2-core CPU, one process, the variants
+# compiled from the same lowered program and timed in interleaved rounds): with YNNPACK's dot fusions switched off,
+# XLA's own (Eigen) matmuls ran the dense forward 1.07-1.12x, DyT `threshold` 1.07-1.11x and Sparse-Tuning
+# 1.07-1.09x (median - best) faster than jaxlib 0.10's default; the logits move by ~2e-6 (summation order), inside
+# every parity test's tolerance. Not used: YNNPACK's elementwise fusion (0.72x), and oneDNN dot fusions
+# (`xla_cpu_experimental_onednn_fusion_type`: 1.12x on the dense forward, but its compile aborts the process,
+# "partition compile failed", on DyT's program).
+
+XLA_CPU_OPT_OUT_ENV = "VIT_ADAPT_XLA_CPU_DEFAULTS"
+# option -> value, in XLA_FLAGS syntax.
+XLA_CPU_DEFAULTS: dict[str, str] = {
+    "xla_cpu_experimental_ynn_fusion_type": "",  # no YNNPACK fusions: dots through XLA's Eigen kernels
+}
+
+# jaxlib release prefixes that know every option above (checked: `strings libjax_common.so | grep xla_cpu_`).
+XLA_CPU_JAXLIBS = ("0.10.",)
+
+
+def _jaxlib_version() -> str:
+  try:
+    return importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    return ""
+
+
+def _named(flags: str) -> set[str]:
+  """Option names an XLA_FLAGS string sets (`--name=value` or `--name`)."""
+  return {f.lstrip("-").split("=", 1)[0] for f in flags.split() if f.startswith("--")}
+
+
+def xla_flags_with_defaults(flags: str, defaults: dict[str, str] | None = None) -> str:
+  """`flags` plus every default option it does not name itself."""
+  named = _named(flags)
+  extra = [f"--{k}={v}" for k, v in (XLA_CPU_DEFAULTS if defaults is None else defaults).items() if k not in named]
+  return " ".join([flags.strip()] + extra if flags.strip() else extra)
+
+
+def xla_cpu_defaults_enabled(environ=os.environ, jaxlib: str | None = None) -> bool:
+  """Not opted out, and a jaxlib that knows the options."""
+  jaxlib = _jaxlib_version() if jaxlib is None else jaxlib
+  opted_out = environ.get(XLA_CPU_OPT_OUT_ENV, "1").strip().lower() in ("0", "false", "no", "off")
+  return not opted_out and jaxlib.startswith(XLA_CPU_JAXLIBS)
+
+
+def apply_xla_cpu_defaults(environ=os.environ, jaxlib: str | None = None,
+                           defaults: dict[str, str] | None = None) -> None:
+  """Adds the defaults to `environ['XLA_FLAGS']` (unless opted out, or another jaxlib). Has effect only before
+  JAX's first backend."""
+  if xla_cpu_defaults_enabled(environ, jaxlib):
+    environ["XLA_FLAGS"] = xla_flags_with_defaults(environ.get("XLA_FLAGS", ""), defaults)

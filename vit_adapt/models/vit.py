@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar
 
 import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
@@ -80,8 +81,15 @@ def decode_variant(variant: str, **overrides) -> ViTShape:
 
 
 def gelu(x):
-  # The checkpoints were trained with the exact (erf) GELU; Flax's default tanh approximation breaks parity.
-  return nn.gelu(x, approximate=False)
+  """The exact (erf) GELU, x * (1 + erf(x / sqrt 2)) / 2, as PyTorch computes it.
+
+  The checkpoints were trained with the exact GELU; Flax's default tanh approximation breaks parity. Written with
+  `lax.erf` rather than `jax.nn.gelu(approximate=False)`, whose erfc form XLA lowers to two rational
+  approximations, an exp and a select: on CPU this one is ~4x faster on a ViT-B MLP's activations
+  (experiments/profile_cpu.py) and within 1.1e-6 of the float64 GELU, as PyTorch's float32 one is.
+  """
+  x = jnp.asarray(x)
+  return x * (0.5 + 0.5 * lax.erf(x * np.sqrt(0.5).astype(x.dtype)))
 
 
 def drop_path(x, rate: float, deterministic: bool, rng_module: nn.Module):
