@@ -29,6 +29,7 @@ def test_frames_model_gmacs_per_view():
   d, classes, t, n = 32, video.dataset.num_classes, 3, 1 + 16
   m = t * n
   head = d * d + 2 * m * d * d + 2 * m * d + d * d + d * classes  # q, k, v, QK^T, AV, proj, classifier
+  head += 5 * d * (1 + 2 * m)  # LayerNorms of the query and of the m keys and values (fvcore: 5 per element)
   assert out["video"] == pytest.approx(t * (out["image"] - d * classes) + head, rel=1e-9)
 
 

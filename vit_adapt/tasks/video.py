@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 
 from vit_adapt.data.video import pipeline
-from vit_adapt.tasks import base
+from vit_adapt.tasks import base, classification
 
 
 def model_input(batch):
@@ -33,16 +33,10 @@ def batch_spec(config, n: int) -> dict:
   return {"video": example_input(config, n), "label": jax.ShapeDtypeStruct((n,), jnp.int32)}
 
 
-def targets(batch, num_classes: int):
-  return jax.nn.one_hot(batch["label"], num_classes, dtype=jnp.float32)
-
-
-def loss(logits, soft_targets):
-  return jnp.mean(optax.softmax_cross_entropy(logits.astype(jnp.float32), soft_targets))
-
-
-def train_metrics(logits, batch) -> dict:
-  return {"accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+# A clip's label is an image's: the training loss, targets and metrics are classification's.
+targets = classification.targets
+loss = classification.loss
+train_metrics = classification.train_metrics
 
 
 def eval_sums(logits, batch) -> dict:
