@@ -5,7 +5,7 @@ fused attention in use and does it agree with XLA's, how far is bfloat16 from fl
   python experiments/backend_checks.py --variant=Ti/16 --image_size=32 --attention_batch=2   # a CPU smoke run
 
 Rows (random weights; experiments/programs.py builds every program):
-  GMACs     per image, counted on the lowered program (vit_adapt.efficiency.measure.lowered_gmacs) with the
+  GMACs     per image (fvcore convention), counted on the lowered program (vit_adapt.efficiency.measure.lowered_gmacs) with the
             default backend and again with the CPU backend of the same process: the two must be equal. The third
             column tries the old way, a count of the backend-OPTIMISED module, which on GPU holds cuBLAS/cuDNN
             library calls instead of dots: `hlo_macs` refuses it (on CPU it agrees).
@@ -63,7 +63,7 @@ def gmacs_rows(args) -> list[str]:
         on_cpu = measure.lowered_gmacs(fn, v_cpu, x_cpu)
       try:
         text = jax.jit(fn).lower(prog.variables, prog.images[:1]).compile().as_text()
-        optimised = f"{measure.hlo_macs(text) / 1e9:.4f}"
+        optimised = f"{measure.hlo_macs(text, layer_norm=False) / 1e9:.4f} (matmul/conv part)"
       except ValueError as e:  # library calls: refused rather than miscounted
         optimised = "refused: " + str(e).splitlines()[0][:90]
       rows.append(f"| {name} | {here:.4f} | {on_cpu:.4f} | {optimised} | ({time.perf_counter() - t:.0f} s)")

@@ -102,6 +102,8 @@ def test_backend_checks_tiny(tmp_path):
   assert out.read_text() == text + "\n"
   row = next(line for line in text.splitlines() if line.startswith("| dense |"))
   here, on_cpu, optimised = (cell.strip() for cell in row.split("|")[2:5])
-  # On the CPU all three counts agree: the lowered program on each backend and the optimised CPU module.
-  assert float(here) > 0 and here == on_cpu == optimised, row
+  # On the CPU the lowered program counts the same on each backend; the optimised CPU module's matmul/conv part is
+  # counted too (LayerNorms are counted on the lowered program only).
+  assert float(here) > 0 and here == on_cpu, row
+  assert 0 < float(optimised.split()[0]) < float(here), row
   assert "argmax agreement" in text
