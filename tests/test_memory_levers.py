@@ -131,8 +131,8 @@ def _memory(config):
 
 def test_train_step_memory_reflects_remat_and_accumulation(tiny_config, fast_compile):
   # Enough tokens and width that activations, not parameters, dominate the step's memory.
-  config = _tiny(tiny_config, "adapter", model=dict(variant="Ti/8", image_size=32, depth=2),
-                 train=dict(batch_size=16))
+  config = _tiny(tiny_config, "adapter", model=dict(variant="Ti/8", image_size=32, depth=4),
+                 train=dict(batch_size=32))
   base = _memory(config)
   config.model.remat = "dots"
   dots = _memory(config)
@@ -141,8 +141,9 @@ def test_train_step_memory_reflects_remat_and_accumulation(tiny_config, fast_com
   config.model.remat = ""
   config.train.accum_steps = 4
   accum = _memory(config)
-  # (At 2 blocks 'full' keeps more than 'dots': a whole block's recomputation is live at once.)
-  assert dots < 0.9 * base and full < base
+  # Measured (jax 0.10, XLA CPU, unoptimised): dots 0.84, full 0.61, accumulation 0.50 of the plain step. 'dots'
+  # saves least: the exact GELU's erf intermediates are not dots, so they stay saved.
+  assert dots < 0.9 * base and full < 0.75 * dots
   assert accum < 0.7 * base
 
 
