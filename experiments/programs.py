@@ -31,12 +31,19 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from vit_adapt import config_lib, methods, tasks  # noqa: E402
+from vit_adapt.cli import compile_cache  # noqa: E402
 from vit_adapt.efficiency import measure  # noqa: E402
 from vit_adapt.methods import base  # noqa: E402
 from vit_adapt.methods.met import calibrate as met_calibrate  # noqa: E402
 from vit_adapt.methods.met import exit as met_exit  # noqa: E402
 
 NUM_CLASSES = 100
+
+# A device session runs several of these scripts one after another (backend_checks, accelerator_suite,
+# bench_vs_pytorch), each compiling the same ViT-B/16 programs: with VIT_ADAPT_COMPILATION_CACHE=DIR set they share
+# them through JAX's persistent cache. Unset, nothing is cached (a benchmark's build time stays a cold compile).
+if os.environ.get(compile_cache.ENV):
+  compile_cache.enable()
 # Per-example statistics a method's inference pass returns beside the logits (kept out of dead-code elimination
 # only where the method computes them anyway).
 STATS = ("gmacs", "activation_rate")
