@@ -92,12 +92,12 @@ def main():
   for name, dense, _, kind, _ in rows:
     g, t = built[name][0], statistics.median(times[name])
     if dense is None:
-      print(f"| {name} ({frames[kind]} frames) | {g:.2f} | {t:.3f} | 1.00 | 1.00 | - | - |")
+      print(f"| {name} ({frames[kind]} frames) | {g:.4g} | {t:.4g} | 1.00 | 1.00 | - | - |")
       continue
     # Per round: both sides measured under the same load; the median of those ratios.
     speed = statistics.median(d / m for d, m in zip(times[dense], times[name]))
     ratio = built[dense][0] / g
-    print(f"| {name} | {g:.2f} | {t:.3f} | {speed:.2f} | {ratio:.2f} | {speed / ratio:.2f} | "
+    print(f"| {name} | {g:.4g} | {t:.4g} | {speed:.2f} | {ratio:.2f} | {speed / ratio:.2f} | "
           f"{'yes' if speed / ratio >= BAR else 'no'} |")
 
 
