@@ -189,13 +189,20 @@ def test_corrupt_video_error_or_counted_skip(tmp_path):
   assert skipped.tolist() == [False, False, True, False] and mask.tolist() == [True, True, False, False]
   task = tasks.get("video")
   import jax.numpy as jnp
-  totals = {}
+  from vit_adapt.train import evaluate, mesh
+  totals, notes = {}, {}
   for b in batches:
-    sums = task.eval_sums(jnp.zeros((2, 400)), {k: jnp.asarray(v) for k, v in b.items()})
+    evaluate.collect_notes(notes, b)  # the names are host-only: never an array on a device
+    sums = task.eval_sums(jnp.zeros((2, 400)), {k: jnp.asarray(v) for k, v in b.items()
+                                               if not mesh.is_host_field(v)})
     for k, v in sums.items():
       totals[k] = totals.get(k, 0.0) + float(v)
-  summary = task.summarize(totals)
+  summary = evaluate.summarize(task, totals, notes)
   assert summary["num_skipped_videos"] == 1 and summary["num_examples"] == 2
+  bad = f"{root}/videos/bad.mp4 ({root}/val.txt line 3)"
+  assert summary["notes"] == {"skipped_where": [bad]}
+  fields = task.data_fields(c, None, summary)
+  assert fields["skipped_videos"]["eval"] == {"split": c.dataset.eval_split, "count": 1, "first": [bad]}
   it = pipeline.train_iterator(c, seed=0, process_index=0, process_count=1)
   labels = [int(y) for _ in range(4) for y in next(it)["label"]]
   assert len(labels) == 8  # the bad video is dropped; the good ones keep coming, never replaced silently
@@ -222,3 +229,110 @@ def test_image_model_on_video_dataset_is_named():
   c, _ = config_lib.make_config("linear", "task=demo/moving_digits")
   with pytest.raises(UserError, match="config.video.model='none'"):
     pipeline.train_iterator(c, seed=0, process_index=0, process_count=1)
+
+
+# ----------------------------------------------------------------------------------------------- skipped training videos
+
+@pytest.fixture(scope="module")
+def k400_with_bad_train_video(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("k400_bad"))
+  vf.k400_list(root, {"good": (12, 0), "other": (12, 1), "third": (12, 2)}, split="train")
+  with open(os.path.join(root, "videos", "bad.mp4"), "wb") as f:
+    f.write(b"\x00\x00\x00\x18ftypmp42 this is not a video" * 10)
+  with open(os.path.join(root, "train.txt"), "a") as f:
+    f.write("videos/bad.mp4 1\n")  # record 3 of 4
+  return root
+
+
+def _expected_skips(seed: int, clips: int) -> int:
+  """Occurrences of the bad record (3) in the training order before the `clips`-th good record."""
+  import grain
+  from vit_adapt.data import pipeline as image_pipeline
+  order = image_pipeline.training_order(grain.MapDataset.range(4)[0::1], seed, 0)
+  good = bad = k = 0
+  while good < clips:
+    if order[k] == 3:
+      bad += 1
+    else:
+      good += 1
+    k += 1
+  return bad
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(1, marks=pytest.mark.slow)])
+def test_skipped_training_videos_counted_across_workers_and_resume(k400_with_bad_train_video, workers):
+  if workers:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():  # grain's worker processes read its absl flags, as under `main`
+      flags.FLAGS.mark_as_parsed()
+  c = _config("k400", k400_with_bad_train_video, num_frames=2, stride=2, skip_corrupt=True, num_workers=workers)
+
+  def make():
+    return pipeline.train_iterator(c, seed=7, process_index=0, process_count=1)
+
+  it = make()
+  first = [next(it) for _ in range(3)]
+  assert all(set(b) == {"video", "label"} for b in first)  # the skip fields never reach the model
+  state = json.loads(json.dumps(it.get_state()))  # what the checkpoint writes (JSON)
+  n3 = _expected_skips(7, 3 * 2)
+  assert n3 >= 1 and it.summary()["count"] == n3
+  root = k400_with_bad_train_video
+  assert it.summary()["first"] == [f"{root}/videos/bad.mp4 ({root}/train.txt line 4)"] * min(n3, 10)
+  rest = [next(it) for _ in range(5)]
+  total = it.summary()
+  assert total["count"] == _expected_skips(7, 8 * 2) > n3
+  resumed = make()
+  resumed.set_state(state)
+  assert resumed.summary()["count"] == n3
+  again = [next(resumed) for _ in range(5)]
+  assert resumed.summary() == total  # continued from the checkpoint: counted once, not again from zero
+  fields = tasks.get("video").data_fields(c, resumed, {"num_skipped_videos": 0})
+  assert fields["num_skipped_train_videos"] == total["count"]
+  assert fields["skipped_videos"]["train"] == {"split": "train", **total}
+  for a, b in zip(rest, again):
+    np.testing.assert_array_equal(a["label"], b["label"])
+    np.testing.assert_array_equal(a["video"], b["video"])
+
+
+def test_all_training_videos_undecodable_is_an_error(tmp_path):
+  root = str(tmp_path)
+  os.makedirs(os.path.join(root, "videos"))
+  for name in ("a", "b"):
+    with open(os.path.join(root, "videos", f"{name}.mp4"), "wb") as f:
+      f.write(b"not a video" * 20)
+  with open(os.path.join(root, "train.txt"), "w") as f:
+    f.write("videos/a.mp4 0\nvideos/b.mp4 1\n")
+  c = _config("k400", root, num_frames=2, stride=2, skip_corrupt=True)
+  with pytest.raises(UserError, match=r"every video of the 'train' split is undecodable"):
+    next(pipeline.train_iterator(c, seed=0, process_index=0, process_count=1))
+
+
+@pytest.mark.slow
+def test_skipped_training_videos_in_results_json_and_resume(k400_with_bad_train_video, tmp_path, fast_compile,
+                                                            caplog):
+  """The training loop writes the count to results.json; a run resumed from a mid-run checkpoint reports the
+  same count as the uninterrupted one (the iterator's tally is restored with it, not counted again)."""
+  import shutil
+  from vit_adapt import train
+  c = _config("k400", k400_with_bad_train_video, num_frames=2, stride=2, skip_corrupt=True)
+  c.dataset.update(split="train", eval_split="train")
+  c.model.update(variant="mu/8", image_size=16, depth=1, init="")
+  c.train.update(steps=6, warmup_epochs=0, log_every_steps=1, eval_every_epochs=0, checkpoint_every_steps=3)
+  c.efficiency.update(enabled=False, batch_size=2, repeats=1)
+  c.video.temporal_views = 1
+  workdir = str(tmp_path / "run")
+  results = train.train_and_evaluate(c, workdir)
+  expected = _expected_skips(0, 6 * 2)
+  assert expected >= 2 and results["num_skipped_train_videos"] == expected
+  on_disk = json.load(open(os.path.join(workdir, "results.json")))
+  assert on_disk["skipped_videos"]["train"]["count"] == expected
+  assert on_disk["skipped_videos"]["eval"]["count"] == on_disk["num_skipped_videos"] == 1
+  assert on_disk["skipped_videos"]["eval"]["first"][0].startswith(f"{k400_with_bad_train_video}/videos/bad.mp4")
+  # Interrupted after step 3: the last checkpoint and the results gone; the re-run resumes at step 3.
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
+  os.remove(os.path.join(workdir, "results.json"))
+  caplog.set_level("INFO")
+  resumed = train.train_and_evaluate(c, workdir)
+  assert "Resuming at step 3 of 6" in caplog.text
+  assert resumed["num_skipped_train_videos"] == expected
+  assert resumed["skipped_videos"] == on_disk["skipped_videos"]

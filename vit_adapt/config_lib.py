@@ -263,7 +263,7 @@ def make_video_config(method: str, arg: str | None, video_model: str) -> tuple[m
 def apply_video_demo(c: ml_collections.ConfigDict) -> None:
   """The embedded moving-digits clips (`demo/moving_digits`, 40 classes) on a small random-init ViT at 32 px with
   8 x 8 patches and 4 frames per clip, 4 apart (the 16-frame clips' dataset protocol otherwise: test 2 temporal
-  views); 4 epochs = 256 steps of batch 32 (wall times: the video configs' docstrings)."""
+  views); 4 epochs = 256 steps of batch 32 (measured wall and CPU times: docs/video.md)."""
   c.model.update(variant="Ti/8", image_size=32, depth=4, init="")
   c.video.update(num_frames=4, stride=4)
   c.train.update(batch_size=32, epochs=4, warmup_epochs=1, log_every_steps=32, eval_every_epochs=0,

@@ -37,7 +37,8 @@ def main(argv):
   summary = {k: results.get(k) for k in keys}
   # Fields a task adds beside them (video: top-5, GMACs per view and per video, clips/s, skipped videos).
   summary.update({k: results[k] for k in ("top5", "gmacs_per_view", "gmacs_per_video", "views_per_video",
-                                          "throughput_clips_per_s", "num_skipped_videos") if k in results})
+                                          "throughput_clips_per_s", "num_skipped_videos",
+                                          "num_skipped_train_videos") if k in results})
   # The method's own evaluation statistics (DyT's activation_rate, MET's mean exit, ...) belong in the summary.
   summary.update({k: results[k] for k in results.get("method_stats", ()) if k in results})
   print(json.dumps(summary))

@@ -13,7 +13,9 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
               padded batch, with 'count'; a sum may be an array, e.g. per-class counts, summed elementwise) and
               `summarize(totals)` -> {'loss', <primary metric>, ...}: scalars only (they go to the metric writers)
   optional    `efficiency_fields(config, efficiency)` (extra results fields derived from the efficiency report, e.g.
-              video's GMACs per view and per video) and `class_names(config, split)`
+              video's GMACs per view and per video), `data_fields(config, train_iterator, evaluation)` (extra
+              results fields about the data the run read, e.g. video's skipped undecodable videos per split)
+              and `class_names(config, split)`
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
@@ -50,6 +52,9 @@ class Task:
   primary_metric: str = "top1"
   # Optional: (config, the efficiency report's fields) -> extra results fields (video: GMACs per view and video).
   efficiency_fields: Callable[[Config, dict], dict] | None = None
+  # Optional: (config, the training iterator the run consumed, the final evaluation's result) -> extra results
+  # fields about the data read (video: undecodable videos skipped in training and evaluation).
+  data_fields: Callable[[Config, Any, dict], dict] | None = None
   # Optional: (config, split=None) -> the dataset's class names (for `predict`'s top-5), () when it has none.
   class_names: Callable[..., tuple] | None = None
   doc: str = ""

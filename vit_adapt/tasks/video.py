@@ -5,7 +5,9 @@ the views (`vit_adapt.models.video`); top-1 and top-5 are of those averaged pred
 The efficiency report compiles one view (`example_input`: (n, T, S, S, 3)), so its GMACs are per view; the
 results add `gmacs_per_view`, `views_per_video` and `gmacs_per_video` = views x per view (`efficiency_fields`), and
 the throughput in clips (views) per second. An undecodable video skipped by `config.video.skip_corrupt` counts in
-`num_skipped_videos` and in no metric.
+no metric; `data_fields` reports them per split: `skipped_videos` = {'train': {'split', 'count', 'first'},
+'eval': {...}} (`first`: the first names, file and list line), `num_skipped_train_videos`, and the evaluation's
+`num_skipped_videos`.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
-from vit_adapt.data.video import pipeline
+from vit_adapt.data.video import pipeline, skips
 from vit_adapt.tasks import base, classification
 
 
@@ -72,9 +76,22 @@ def efficiency_fields(config, efficiency: dict) -> dict:
   return out
 
 
+def data_fields(config, train_iterator, evaluation: dict) -> dict:
+  """The undecodable videos skipped per split (training: counted by the iterator over the whole run, resumes
+  included, summed over hosts; names of the first from this host)."""
+  train = train_iterator.summary() if isinstance(train_iterator, skips.SkipTally) else {"count": 0, "first": []}
+  if jax.process_count() > 1:
+    train["count"] = int(np.sum(multihost_utils.process_allgather(np.int64(train["count"]))))
+  names = evaluation.get("notes", {}).get("skipped_where", [])
+  count = int(evaluation.get("num_skipped_videos", len(names)))
+  return {"num_skipped_train_videos": train["count"], "skipped_videos": {
+      "train": {"split": config.dataset.split, **train},
+      "eval": {"split": config.dataset.eval_split, "count": count, "first": names[:skips.KEEP_NAMES]}}}
+
+
 VIDEO = base.register(base.Task(
     name="video", train_iterator=pipeline.train_iterator, eval_batches=pipeline.eval_batches,
     num_examples=pipeline.num_examples, model_input=model_input, example_input=example_input,
     batch_spec=batch_spec, targets=targets, loss=loss, train_metrics=train_metrics, eval_sums=eval_sums,
-    summarize=summarize, primary_metric="top1", efficiency_fields=efficiency_fields,
+    summarize=summarize, primary_metric="top1", efficiency_fields=efficiency_fields, data_fields=data_fields,
     class_names=pipeline.class_names, doc=__doc__))

@@ -3,7 +3,9 @@
 The pipeline pads the last batch to the static batch shape and marks real examples with `mask`; every sum here
 is masked, so padding never counts. Sums are accumulated on the host in float64 and divided once at the end; a sum
 may be an array (e.g. per-class counts, or a method statistic with K values per example such as MET's per-exit
-correctness), accumulated elementwise, and scalar sums reach the task as Python floats.
+correctness), accumulated elementwise, and scalar sums reach the task as Python floats. A batch's string fields
+(host-only, e.g. video's `skipped_where`) never reach the device: their non-empty values are collected, in
+order, under the result's 'notes'.
 """
 
 from __future__ import annotations
@@ -43,12 +45,22 @@ def accumulate(totals: dict, sums: dict) -> dict:
   return totals
 
 
-def summarize(task, totals: dict) -> dict:
-  """Host totals -> the task's metrics + {'stats': the method's statistics averaged over the examples}."""
+def collect_notes(notes: dict, batch: dict) -> dict:
+  """notes[key] += the non-empty strings of the batch's host-only string fields; returns `notes`."""
+  for k, v in batch.items():
+    if mesh_lib.is_host_field(v):
+      notes.setdefault(k, []).extend(str(s) for s in np.asarray(v).ravel() if str(s))
+  return notes
+
+
+def summarize(task, totals: dict, notes: dict | None = None) -> dict:
+  """Host totals -> the task's metrics + {'stats': the method's statistics averaged over the examples}
+  (+ {'notes': the collected strings} when a batch had string fields)."""
   totals = {k: float(v) if np.ndim(v) == 0 else np.asarray(v, np.float64) for k, v in totals.items()}
   count = totals.get("count", 0.0)
   stats = {k.split("/", 1)[1]: v / count for k, v in totals.items() if k.startswith("stat/")} if count else {}
-  return {**task.summarize({k: v for k, v in totals.items() if not k.startswith("stat/")}), "stats": stats}
+  result = {**task.summarize({k: v for k, v in totals.items() if not k.startswith("stat/")}), "stats": stats}
+  return {**result, "notes": notes} if notes else result
 
 
 class Evaluator:
@@ -63,7 +75,9 @@ class Evaluator:
 
   def __call__(self, variables, batches: Iterable[dict]) -> dict:
     totals: dict[str, np.ndarray] = {}
+    notes: dict[str, list] = {}
     for batch in batches:
+      collect_notes(notes, batch)
       sums = self._step(variables, mesh_lib.global_batch(batch, self._data))
       accumulate(totals, jax.device_get(sums))
-    return summarize(self._task, totals)
+    return summarize(self._task, totals, notes)

@@ -151,7 +151,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   def run_eval(step: int) -> dict:
     variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
     result = evaluator(variables, task.eval_batches(config, config.dataset.eval_split))
-    scalars = {k: v for k, v in result.items() if k not in ("stats", "num_examples")}
+    scalars = {k: v for k, v in result.items() if k not in ("stats", "notes", "num_examples")}
     scalars.update({f"stats/{k}": v for k, v in result["stats"].items()})
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
     logging.info("Eval at step %d on %r: %s %.4f over %d examples", step, config.dataset.eval_split,
@@ -218,6 +218,9 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
     train_memory_bytes = train_state.train_step_memory(config, model, method, local, task)
   eff = efficiency.report(config, model, local, example_input=task.example_input, trainable=state.params, eval_stats=last_eval["stats"],
                           train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
+  data_fields = task.data_fields(config, train_iter, last_eval) if task.data_fields is not None else {}
+  if data_fields:
+    logging.info("Data read by the run: %s", data_fields)
   final_train_loss = last_train.get("train/loss")
   if final_train_loss is None and start_step == total_steps:  # re-evaluating a finished run: keep its loss
     final_train_loss = results_lib.read_field(workdir, "final_train_loss")
@@ -225,7 +228,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   workdir_lib.write_run_file(workdir, config, wall_time_s)
   results = results_lib.build(config, method, task, evaluation=last_eval, num_train=num_train, steps=total_steps,
                               final_train_loss=final_train_loss, efficiency=eff, num_devices=mesh.devices.size,
-                              wall_time_s=wall_time_s, run_fingerprint=workdir_lib.fingerprint(config))
+                              wall_time_s=wall_time_s, run_fingerprint=workdir_lib.fingerprint(config), **data_fields)
   # The final model, adapter-only like the checkpoints: `predict --checkpoint=WORKDIR` rebuilds the frozen rest.
   methods.save_model_dir(os.path.join(workdir, "model"), config, jax.device_get(variables), scope="trainable")
   reporting.write_json(results_lib.path(workdir), results)

@@ -61,9 +61,16 @@ def check_batch_size(batch_size: int, key: str, mesh: Mesh) -> int:
   return batch_size // jax.process_count()
 
 
+def is_host_field(value) -> bool:
+  """String fields of a batch (e.g. the names of skipped videos) are for the host: no device holds text."""
+  return np.asarray(value).dtype.kind in "USO"
+
+
 def global_batch(local_batch: dict, sharding: NamedSharding) -> dict:
-  """Host-local numpy batch (this process's rows) -> global jax arrays sharded along 'data'."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+  """Host-local numpy batch (this process's rows) -> global jax arrays sharded along 'data' (host-only string
+  fields left out)."""
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()
+          if not is_host_field(v)}
 
 
 def replicate(tree, sharding: NamedSharding):

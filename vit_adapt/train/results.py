@@ -39,7 +39,7 @@ def build(config, method, task, *, evaluation: dict, num_train: int, steps: int,
   metrics and the method's `stats`); the method's statistics follow the fixed fields (a statistic whose name
   is taken gets an `eval_` prefix; a vector statistic becomes a list) and `method_stats` lists their keys. `extra` adds fields (e.g. how a sweep
   shared the work)."""
-  metrics = {k: v for k, v in evaluation.items() if k not in ("stats", "loss", "num_examples")}
+  metrics = {k: v for k, v in evaluation.items() if k not in ("stats", "notes", "loss", "num_examples")}
   results = {
       "task": config.dataset.name, "method": method.name, **metrics,
       "eval_split": config.dataset.eval_split, "eval_loss": evaluation["loss"],

@@ -14,8 +14,10 @@ runs in grain's reader threads (`config.dataset.num_threads`; FFmpeg and PIL rel
 record's position, so a restored iterator state continues exactly as the uninterrupted run.
 
 A video that cannot be decoded is a UserError naming the file; with `config.video.skip_corrupt` it is skipped
-instead: a training clip is dropped (and named in the log), an evaluation video counts as `skipped` (its slot
-masked out), and the run's results report `num_skipped_videos`. It is never replaced by another video.
+instead, never replaced by another video: a training clip is dropped and counted (`skips.py`: exactly once
+across worker processes and resumes; the training iterator's `summary()`), an evaluation video counts as
+`skipped` (its slot masked out; its name in the batch's host-only `skipped_where`), and the run's results
+report both splits (`skipped_videos`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from absl import logging
 
 from vit_adapt.data import datasets, images
 from vit_adapt.data import pipeline as image_pipeline
-from vit_adapt.data.video import augment, decode, demo, layouts, sampling
+from vit_adapt.data.video import augment, decode, demo, layouts, sampling, skips
 from vit_adapt.data.video.demo import MovingDigitsSource
 from vit_adapt.errors import UserError
 
@@ -96,16 +98,18 @@ def _check_label(record: dict, num_classes: int) -> int:
   return label
 
 
-def _undecodable(record: dict, error: Exception, skip: bool, phase: str):
+def _undecodable(record: dict, error: Exception, skip: bool) -> str:
+  """-> the skipped video's name (file and list line), or the UserError when skipping is off."""
   if not skip:
     raise UserError(f"{error} ({record.get('where', '?')}). Replace or remove the video, or set "
                     "--config.video.skip_corrupt=True to skip undecodable videos (counted in the results).")
-  logging.warning("skipping undecodable %s video: %s (%s)", phase, error, record.get("where", "?"))
+  return f"{record.get('path', '?')} ({record.get('where', '?')})"
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainClip:
-  """(record, rng) -> {'video': uint8 (T, S, S, 3), 'label'} or None (a skipped undecodable video)."""
+  """(record, rng) -> {'video': uint8 (T, S, S, 3), 'label'}, or a skipped undecodable video's marker (`skips`:
+  counted and logged in the main process, not here in a reader that may be another process)."""
   num_frames: int
   stride: int
   sampling: str
@@ -121,13 +125,15 @@ class TrainClip:
     try:
       frames, _ = _frames(record, lambda n: self.indices(n, rng))
     except decode.VideoError as e:
-      return _undecodable(record, e, self.skip_corrupt, "training")
+      return skips.marker(_undecodable(record, e, self.skip_corrupt))
     return {"video": self.spatial(frames, rng), "label": np.int32(label)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TestViews:
-  """record -> {'video': uint8 (V, T, S, S, 3), 'label', 'mask', 'skipped'} with V = temporal x spatial views."""
+  """record -> {'video': uint8 (V, T, S, S, 3), 'label', 'mask', 'skipped', 'skipped_where'} with V = temporal x
+  spatial views; `skipped_where` (a string: host-only, the evaluator never sends it to a device) names a skipped
+  video, '' otherwise."""
   size: int
   num_frames: int
   stride: int
@@ -144,10 +150,10 @@ class TestViews:
   def indices(self, n: int) -> list[list[int]]:
     return sampling.get(self.sampling)[1](n, self.num_frames, self.stride, self.temporal_views)
 
-  def empty(self, label: int = 0, skipped: bool = False) -> dict:
+  def empty(self, label: int = 0, skipped: str = "") -> dict:
     shape = (self.num_views, self.num_frames, self.size, self.size, 3)
     return {"video": np.zeros(shape, np.uint8), "label": np.int32(label), "mask": np.False_,
-            "skipped": np.bool_(skipped)}
+            "skipped": np.bool_(bool(skipped)), "skipped_where": np.str_(skipped)}
 
   def __call__(self, record: dict) -> dict:
     if record.get("padding"):
@@ -156,12 +162,14 @@ class TestViews:
     try:
       frames, _ = _frames(record, lambda n: [i for view in self.indices(n) for i in view])
     except decode.VideoError as e:
-      _undecodable(record, e, self.skip_corrupt, "evaluation")
-      return self.empty(label, skipped=True)
+      name = _undecodable(record, e, self.skip_corrupt)
+      logging.warning("skipping undecodable evaluation video: %s: %s", name, e)
+      return self.empty(label, skipped=name)
     views = []
     for clip in frames.reshape(self.temporal_views, self.num_frames, *frames.shape[1:]):
       views.extend(augment.spatial_crops(clip, self.size, self.spatial_views))
-    return {"video": np.stack(views), "label": np.int32(label), "mask": np.True_, "skipped": np.False_}
+    return {"video": np.stack(views), "label": np.int32(label), "mask": np.True_, "skipped": np.False_,
+            "skipped_where": np.str_("")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +177,8 @@ class Normalize:
   mode: str
 
   def __call__(self, record: dict) -> dict:
+    if skips.is_marker(record):
+      return record
     return {**record, "video": images.normalize(record["video"], self.mode)}
 
 
@@ -224,7 +234,10 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
                     f"{pc} hosts.")
   ds = image_pipeline.training_order(shard, seed, pi)
   ds = ds.random_map(train_clip(config, _num_classes(config, task))).map(Normalize(config.dataset.normalization))
-  return iter(_with_workers(image_pipeline.batched(ds, config, batch), config))
+  # Not image_pipeline.batched: the skipped videos' markers are dropped (and counted) between reading and batching.
+  ds = ds.to_iter_dataset(image_pipeline._read_options(config, batch))
+  ds = skips.DropSkipped(ds, limit=len(shard), split=config.dataset.split).batch(batch, drop_remainder=True)
+  return skips.SkipTally(iter(_with_workers(ds, config)), config.dataset.split)
 
 
 class _PaddedShard:
