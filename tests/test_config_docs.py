@@ -82,6 +82,21 @@ def test_parsers_find_wrapped_json_keys_and_quoted_lines():
   assert re.search(pattern, "Done: 12 examples x 0.19 MiB") and not re.search(pattern, "Done: 13 examples x 1 MiB")
 
 
+def test_dataset_and_met_fields_are_documented():
+  """Every config.dataset field is in config_lib's field list; every MET field is named in docs/met.md (a field
+  whose default is ours must say so there): e.g. dataset.split_lists (FGVC over tfds), method.exit_tokens."""
+  from vit_adapt import config_lib
+  from vit_adapt.methods import met
+  doc = config_lib.__doc__
+  missing = [k for k in config_lib.base_config("linear").dataset.keys() if not re.search(rf"\b{k}\b", doc)]
+  assert not missing, f"config.dataset fields not in vit_adapt/config_lib.py's docstring: {missing}"
+  with open(os.path.join(ROOT, "docs", "met.md")) as f:
+    met_doc = f.read()
+  missing = [k for k in met.defaults().keys()
+             if k != "name" and not re.search(rf"`(?:config\.method\.)?{k}[`=]", met_doc)]
+  assert not missing, f"MET fields not named in docs/met.md: {missing}"
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_docstring_commands_and_paths(name):
   doc = _module(name).__doc__

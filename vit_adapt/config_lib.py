@@ -20,6 +20,8 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   dataset.name              'vtab/<task>', a complete dataset ('cifar100', ...), 'fgvc/<name>' or 'demo/digits'
   dataset.source            'tfds' | 'folder' | 'demo'
   dataset.data_dir          tfds data dir ('' = tfds default);  dataset.root: folder-layout root
+  dataset.split_lists       FGVC over tfds (source 'tfds'): the folder with VPT's train/val/test.json, which select
+                            and label the tfds records by file name (docs/data.md); '' = unset (folder source)
   dataset.split / eval_split  'train800val200' + 'test' (VTAB-1k default) or 'train800' + 'val200'; complete
                             datasets 'train' + 'test'; FGVC 'train+val' + 'test' (tuning: 'train' + 'val')
   dataset.num_classes       from the task table unless set
@@ -122,8 +124,8 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
       head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0, remat=""))
 
   c.dataset = ml_collections.ConfigDict(dict(
-      name=task, source="tfds", data_dir="", root="", split="train800val200", eval_split="test",
-      num_classes=-1, normalization="minus_one_one", augment="none", mixup=0.0, cutmix=0.0,
+      name=task, source="tfds", data_dir="", root="", split_lists="", split="train800val200",
+      eval_split="test", num_classes=-1, normalization="minus_one_one", augment="none", mixup=0.0, cutmix=0.0,
       label_smoothing=0.0, num_threads=8, prefetch=4, cache_mb=4096))
 
   c.train = ml_collections.ConfigDict(dict(

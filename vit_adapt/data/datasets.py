@@ -7,7 +7,9 @@ Four kinds:
     `stanford_cars`, `fgvc_aircraft`): full training sets, splits `train` and `test`.
   * `fgvc/<name>`: the five FGVC datasets of VPT (CUB-200-2011, NABirds, Oxford Flowers, Stanford Dogs, Stanford
     Cars) with VPT's split files: `train`, `val`, `train+val` (their union: the final training set), `test`.
-    Image-folder source only (VPT's JSON lists decide membership; tfds has no such splits).
+    VPT's JSON lists decide membership: over VPT's image folders (source 'folder', the default), or, for the four
+    that tfds has, over tfds records matched to the list entries by file name (source 'tfds' +
+    `config.dataset.split_lists`; `data/tfds_lists.py`).
   * `demo/digits`: scikit-learn's handwritten digits, embedded (no download), splits `train` and `test`.
   * video datasets (task `video`, `vit_adapt.data.video`): `k400` (Kinetics-400 lists, splits `train`, `val`),
     `ssv2` (Something-Something-v2's JSON release, splits `train`, `validation`) over folders of videos
@@ -114,6 +116,9 @@ class Dataset:
   group: str = ""                            # VTAB-1k group: 'natural' | 'specialized' | 'structured'
   task: str = "classification"               # what is learned from it (a `vit_adapt.tasks` name)
   layout: str = ""                           # video datasets: the folder layout (`vit_adapt.data.video.layouts`)
+  # FGVC over tfds: the feature holding each record's file name. Set, the tfds source selects and labels records
+  # by VPT's list files (`config.dataset.split_lists`), and `splits` name the tfds split each list is drawn from.
+  tfds_file_key: str = ""
   # config.dataset fields this dataset's protocol sets in `config_lib.make_config` ((key, value) pairs; the
   # schema's defaults are VTAB-1k's, so VTAB tasks set none). Config files and overrides still win.
   config_defaults: tuple[tuple[str, Any], ...] = ()
@@ -123,7 +128,8 @@ class Dataset:
     return tuple(s for s, _ in self.splits)
 
   def tfds_split(self, split: str) -> str:
-    """Our split name -> the tfds split string, e.g. 'val200' -> 'train[2754:2954]'."""
+    """Our split name -> the tfds split string, e.g. 'val200' -> 'train[2754:2954]' (FGVC: the tfds split VPT's
+    list for `split` selects from, e.g. 'val' -> 'train')."""
     table = dict(self.splits)
     if split not in table:
       raise UserError(f"task {self.name!r} has no split {split!r}; valid splits: {', '.join(self.split_names)} "
@@ -220,30 +226,43 @@ _COMPLETE = [
               "<root>/fgvc_aircraft/{train,test}.txt (lines `relative/path label`, 100 variant classes)."),
 ]
 
-_FGVC_NOTE = ("VPT's FGVC release, image-folder source only: <root>/{folder}/ with train.json, val.json, test.json "
-              "(JSON objects relative/path -> label, paths relative to {where}); set config.dataset.source='folder' "
-              "and config.dataset.root (the folder holding {folder}/, or that folder itself).")
+_FGVC_NOTE = ("VPT's FGVC release: <root>/{folder}/ with train.json, val.json, test.json (JSON objects "
+              "relative/path -> label, paths relative to {where}); config.dataset.source='folder' (the default) and "
+              "config.dataset.root (the folder holding {folder}/, or that folder itself).")
+_FGVC_TFDS_NOTE = (" Or tfds {tfds} (`python -m vit_adapt.data.prepare --task=fgvc/{name}`) with VPT's lists: "
+                   "config.dataset.source='tfds', config.dataset.split_lists=<the folder holding VPT's json files>.")
 
 
-def _fgvc(name: str, num_classes: int, folder: str, image_dir: str = "") -> Dataset:
-  """An FGVC dataset in VPT's layout. tfds has four of the five, but not VPT's train/val split of the official
-  train set, so only the folder source serves them (tfds_name None; see docs/data.md)."""
+def _fgvc(name: str, num_classes: int, folder: str, image_dir: str = "", *, tfds: str | None = None,
+          file_key: str = "", train_pool: str = "train", test_pool: str = "test") -> Dataset:
+  """An FGVC dataset in VPT's layout. With `tfds`, also over that tfds builder: VPT's train/val lists are drawn
+  from the tfds split `train_pool` (the official train set), its test list from `test_pool`, records matched by
+  the file name in feature `file_key` (see data/tfds_lists.py)."""
   where = f"{folder}/{image_dir}/" if image_dir else f"{folder}/"
-  return Dataset(name=f"fgvc/{name}", kind="fgvc", num_classes=num_classes, tfds_name=None,
-                 splits=tuple((s, None) for s in FGVC_SPLITS), folder=folder, image_dir=image_dir,
-                 default_augment="vpt_crop", note=_FGVC_NOTE.format(folder=folder, where=where),
+  note = _FGVC_NOTE.format(folder=folder, where=where)
+  if tfds:
+    note += _FGVC_TFDS_NOTE.format(tfds=tfds.split(":")[0], name=name)
+  pools = {"train": train_pool, "val": train_pool, "train+val": train_pool, "test": test_pool}
+  return Dataset(name=f"fgvc/{name}", kind="fgvc", num_classes=num_classes, tfds_name=tfds,
+                 splits=tuple((s, pools[s] if tfds else None) for s in FGVC_SPLITS), folder=folder,
+                 image_dir=image_dir, tfds_file_key=file_key, default_augment="vpt_crop", note=note,
                  config_defaults=(("source", "folder"), ("split", "train+val"), ("eval_split", "test"),
                                   ("augment", "vpt_crop"), ("normalization", "imagenet")))
 
 
 # Folder names and image directories of VPT's release (its DATA.DATAPATH folders and `get_imagedir`): CUB and
 # NABirds keep images under images/, Stanford Dogs under Images/, Flowers and Cars at the folder's top level.
+# tfds builders (4.9.10) and the feature naming each record's file: CUB and Dogs keep the archive path
+# ('image/filename'), Flowers 'image_00001.jpg' ('file_name'), Cars the stem '00001' ('id', from version 2.1.0 on;
+# Cars' train and test files share names, hence one tfds split per list). tfds has no NABirds.
 _FGVC = [
-    _fgvc("cub", 200, "CUB_200_2011", "images"),
+    _fgvc("cub", 200, "CUB_200_2011", "images", tfds="caltech_birds2011:0.2.*", file_key="image/filename"),
     _fgvc("nabirds", 555, "nabirds", "images"),
-    _fgvc("oxford_flowers", 102, "OxfordFlower"),
-    _fgvc("stanford_dogs", 120, "Stanford-dogs", "Images"),
-    _fgvc("stanford_cars", 196, "Stanford-cars"),
+    # VPT's Flowers lists are the official train / val / test sets; tfds calls them train / validation / test.
+    _fgvc("oxford_flowers", 102, "OxfordFlower", tfds="oxford_flowers102:2.*.*", file_key="file_name",
+          train_pool="train+validation"),
+    _fgvc("stanford_dogs", 120, "Stanford-dogs", "Images", tfds="stanford_dogs:0.2.*", file_key="image/filename"),
+    _fgvc("stanford_cars", 196, "Stanford-cars", tfds="cars196:2.1.*", file_key="id"),
 ]
 FGVC = tuple(t.name for t in _FGVC)
 

@@ -57,23 +57,39 @@ def _check_label(label, rel: str, where: str) -> None:
     raise UserError(f"{where}: label {label!r} of {rel!r} is not an integer.")
 
 
-def _parse_json(path: str, task: Dataset) -> list[tuple[str, int, str]]:
-  """A SynQT list (paths under images/) or a VPT FGVC object (paths under the dataset's image_dir)."""
-  folder = os.path.dirname(path)
+def _load_json(path: str):
   try:
     with open(path, encoding="utf-8") as f:
-      items = json.load(f)
+      return json.load(f)
   except json.JSONDecodeError as e:
     raise UserError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); expected a VPT object {{\"path\": label, ...}} "
                     "or a SynQT list of {\"path\": label}.") from None
+
+
+def _vpt_entries(path: str, items: dict) -> list[tuple[str, int, str]]:
+  entries = []
+  for i, (rel, label) in enumerate(items.items()):
+    where = f"{path} entry {i} ({rel!r})"
+    _check_label(label, rel, where)
+    entries.append((rel, label, where))
+  return entries
+
+
+def read_vpt_json(path: str) -> list[tuple[str, int, str]]:
+  """A VPT FGVC list file -> [(relative path as written, label, 'file entry i (path)')], in file order."""
+  items = _load_json(path)
+  if not isinstance(items, dict):
+    raise UserError(f"{path}: expected VPT's FGVC list, a JSON object {{\"relative/path.jpg\": label, ...}}.")
+  return _vpt_entries(path, items)
+
+
+def _parse_json(path: str, task: Dataset) -> list[tuple[str, int, str]]:
+  """A SynQT list (paths under images/) or a VPT FGVC object (paths under the dataset's image_dir)."""
+  folder = os.path.dirname(path)
+  items = _load_json(path)
   if isinstance(items, dict):
     base = os.path.join(folder, task.image_dir)
-    entries = []
-    for i, (rel, label) in enumerate(items.items()):
-      where = f"{path} entry {i} ({rel!r})"
-      _check_label(label, rel, where)
-      entries.append((os.path.join(base, rel), label, where))
-    return entries
+    return [(os.path.join(base, rel), label, where) for rel, label, where in _vpt_entries(path, items)]
   if not isinstance(items, list):
     raise UserError(f"{path}: expected a JSON object {{\"relative/path.jpg\": label, ...}} (VPT FGVC) or a list "
                     "of one-entry objects {\"path under images/\": label} (SynQT).")

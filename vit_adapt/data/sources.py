@@ -15,10 +15,14 @@ from vit_adapt.data import datasets
 from vit_adapt.errors import UserError
 from vit_adapt.data.demo import DigitsSource
 from vit_adapt.data.folder_source import FolderSource
+from vit_adapt.data.tfds_lists import TfdsListSource
 from vit_adapt.data.tfds_source import TfdsSource
 
 
 def _tfds(task, split, config):
+  if task.tfds_file_key:  # FGVC: VPT's lists select and label the records
+    return TfdsListSource(task, split, config.dataset.get("data_dir", ""), config.dataset.get("split_lists", ""),
+                          num_classes(config, task))
   return TfdsSource(task, split, config.dataset.get("data_dir", ""))
 
 

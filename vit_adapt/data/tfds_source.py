@@ -69,8 +69,12 @@ class TfdsSource:
   def __len__(self) -> int:
     return len(self._source)
 
+  def example(self, index: int) -> dict:
+    """The tfds record (numpy features, images still encoded when the dataset is prepared)."""
+    return self._source[index]
+
   def __getitem__(self, index: int) -> dict:
-    ex = self._source[index]
+    ex = self.example(index)
     return {"image": ex[self.task.image_key], "label": self.task.label_fn(ex),
             "where": f"{self.task.tfds_name} split {self.tfds_split} record {index}"}
 

@@ -40,8 +40,8 @@ RUN_FILE = "run.json"
 # Config fields that never change what a run trains or measures (dotted paths).
 COSMETIC = ("train.log_every_steps", "train.checkpoint_every_steps", "train.keep_checkpoints",
             "train.eval_every_epochs", "eval.batch_size", "efficiency.enabled", "efficiency.batch_size",
-            "efficiency.repeats", "dataset.data_dir", "dataset.root", "dataset.num_threads", "dataset.prefetch",
-            "dataset.cache_mb", "model.remat")
+            "efficiency.repeats", "dataset.data_dir", "dataset.root", "dataset.split_lists",
+            "dataset.num_threads", "dataset.prefetch", "dataset.cache_mb", "model.remat")
 
 
 # ---------------------------------------------------------------------------------------------------- lock

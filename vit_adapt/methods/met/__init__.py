@@ -16,6 +16,16 @@ W_down, W_up (`encoderblock_l/eadapter/{down,up}`) are ONE parameter each per bl
 (r x r, identity at init) and s_k (scalar, `scale` at init) are `exit_k/{M,s}` and belong to the exit that block l
 feeds (the first exit at or after l). s is the fixed `scale`; W_up starts at zero, so adapters start as no-ops.
 
+`exit_tokens='per_exit'` (ours: the spec's alternative reading, "a token per exit"): every exit k has its own
+class token, the backbone's class token (embedding + position 0) plus a learned offset `exit_k/token` (zero at
+init), carrying exit k's M_k, s_k in EVERY block up to exit k; exit k reads its own token. The stream entering
+stage k is [token_k .. token_{K-2}, token_{K-1}, patches]: the last exit's token takes the backbone class token's
+place, and attention is masked so that patches attend to it and to patches only, and every class token to itself
+and the patches. So the patch stream and each exit are unaffected by the other exits' tokens, an exit's token is
+dropped once its exit has read it, and the early-exit pass stays exact. Each token costs a token's share of every
+block up to its exit (counted in `exit_gmacs`). With zero offsets and equal M_k, s_k it computes what the
+default computes (tests/test_met_exit_tokens.py).
+
 Loss (`met/loss.py`): sum_k w_k CE(logits_k, y) + graph_weight * sum_{k<K-1} G_k (label-graph regulariser on the
 L2-normalised early-exit features). The model returns every exit's logits in `out['exit_logits']` (K, B, C).
 
@@ -45,6 +55,9 @@ from vit_adapt.models import vit
 from vit_adapt.models.adapters import ACTIVATIONS, torch_linear_kernel_init
 
 INFERENCE_MODES = ("early_exit", "dense_select", "last")
+# What is exit-specific in an E-adapter: 'shared' = one class token whose M_k, s_k change with the stage (ours,
+# the cheapest reading); 'per_exit' = one class token per exit (module docstring).
+EXIT_TOKENS = ("shared", "per_exit")
 
 
 class EAdapter(nn.Module):
@@ -62,12 +75,18 @@ class EAdapter(nn.Module):
     self.drop = nn.Dropout(self.dropout)
 
   def __call__(self, h, m, s_cls, deterministic: bool = True):
-    """h (B, N, D) normalised tokens (class token first), m (r, r), s_cls scalar -> delta (B, N, D)."""
+    """h (B, N, D) normalised tokens (class tokens first) -> delta (B, N, D). One class token: m (r, r), s_cls
+    scalar; n class tokens (`exit_tokens='per_exit'`): m (n, r, r), s_cls (n,), token i with m[i], s_cls[i]."""
     g = ACTIVATIONS[self.activation](self.down(h))
-    g = jnp.concatenate([g[:, :1] @ m.astype(g.dtype), g[:, 1:]], axis=1)
+    n = 1 if m.ndim == 2 else m.shape[0]
+    if m.ndim == 2:
+      cls = g[:, :1] @ m.astype(g.dtype)
+    else:
+      cls = jnp.einsum("bnr,nrs->bns", g[:, :n], m.astype(g.dtype))
+    g = jnp.concatenate([cls, g[:, n:]], axis=1)
     u = self.up(self.drop(g, deterministic=deterministic))
-    s = jnp.concatenate([jnp.reshape(s_cls, (1,)).astype(u.dtype),
-                         jnp.full((u.shape[1] - 1,), self.scale, u.dtype)])
+    s = jnp.concatenate([jnp.reshape(s_cls, (n,)).astype(u.dtype),
+                         jnp.full((u.shape[1] - n,), self.scale, u.dtype)])
     return u * s[None, :, None]
 
 
@@ -83,8 +102,8 @@ class METBlock(vit.Encoder1DBlock):
     self.eadapter = EAdapter(self.bottleneck, self.width, scale=self.adapter_scale,
                              dropout=self.adapter_dropout, activation=self.activation, dtype=self.dtype)
 
-  def __call__(self, x, m, s_cls, deterministic: bool = True):
-    x = self.residual(x, self.attention_branch(x, deterministic), deterministic)
+  def __call__(self, x, m, s_cls, deterministic: bool = True, mask=None):
+    x = self.residual(x, self.attention_branch(x, deterministic, mask=mask), deterministic)
     h = self.LayerNorm_1(x)
     mlp = self.MlpBlock_0(h, deterministic=deterministic)
     return self.residual(x, mlp, deterministic) + self.eadapter(h, m, s_cls, deterministic=deterministic)
@@ -104,24 +123,28 @@ class METEncoder(vit.BlockStack):
   its entry point is `run_blocks`, not a whole pass, because an exit head reads the stream between stages (see
   METViT, whose `full` and early-exit passes drive the stages)."""
 
-  def run_blocks(self, x, start: int, stop: int, m, s_cls, deterministic: bool = True):
+  def run_blocks(self, x, start: int, stop: int, m, s_cls, deterministic: bool = True, mask=None):
     for blk in self.blocks[start:stop]:
-      x = blk(x, m, s_cls, deterministic=deterministic)
+      x = blk(x, m, s_cls, deterministic=deterministic, mask=mask)
     return x
 
 
 class Exit(nn.Module):
-  """Exit-specific parameters: M_k, s_k of the E-adapters of its stage and (early exits) LN_k + head_k."""
+  """Exit-specific parameters: M_k, s_k of the E-adapters of its stage (or of its own token), (early exits)
+  LN_k + head_k, and with `token_width` its class token's learned offset (token_width,), zero at init."""
   num_classes: int
   bottleneck: int
   scale: float
   has_head: bool = True
   head_init_std: float = 0.0
+  token_width: int = 0
   dtype: Any = jnp.float32
 
   def setup(self):
     self.M = self.param("M", lambda k, s: jnp.eye(s[0], dtype=jnp.float32), (self.bottleneck, self.bottleneck))
     self.s = self.param("s", nn.initializers.constant(self.scale), ())
+    if self.token_width:
+      self.token = self.param("token", nn.initializers.zeros, (self.token_width,))
     if self.has_head:
       self.norm = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype)
       init = (vit.timm_trunc_normal(self.head_init_std) if self.head_init_std > 0
@@ -144,18 +167,28 @@ class METViT(vit.VisionTransformer):
   thresholds: tuple = ()  # one per early exit (K-1); empty: not calibrated
   inference: str = "early_exit"
   num_buckets: int = 8
+  exit_tokens: str = "shared"  # one of EXIT_TOKENS
   exit_gmacs: tuple = ()  # cumulative cost of stopping at each exit (G per example); filled by model_kwargs
 
   @property
   def num_exits(self) -> int:
     return len(self.exits)
 
+  @property
+  def per_exit_tokens(self) -> bool:
+    return self.exit_tokens == "per_exit"
+
+  def extra_tokens(self, k: int) -> int:
+    """Early exits' class tokens in front of the stream entering stage k (those of exits k..K-2)."""
+    return self.num_exits - 1 - k if self.per_exit_tokens else 0
+
   def setup(self):
     super().setup()
     exits = []
     for k in range(self.num_exits):
       e = Exit(self.num_classes, self.settings.bottleneck, self.settings.adapter_scale,
-               has_head=k < self.num_exits - 1, head_init_std=self.head_init_std, dtype=self.dtype)
+               has_head=k < self.num_exits - 1, head_init_std=self.head_init_std,
+               token_width=self.width if self.per_exit_tokens else 0, dtype=self.dtype)
       setattr(self, f"exit_{k}", e)  # attribute name = parameter sub-tree name
       exits.append(e)
     self.exit_modules = exits
@@ -163,14 +196,41 @@ class METViT(vit.VisionTransformer):
   # -- the pieces the full pass, the early-exit pass and the per-stage cost compilation share ---------------
 
   def stem(self, images):
-    """images -> tokens (B, N, D) with position embeddings, ready for stage 0."""
-    return self.Transformer.add_posemb(self.embed(images))
+    """images -> tokens (B, N, D) with position embeddings, ready for stage 0 ('per_exit': N + K-1 tokens, the
+    exits' class tokens first)."""
+    x = self.Transformer.add_posemb(self.embed(images))
+    if not self.per_exit_tokens:
+      return x
+    cls = x[:, :1]
+    toks = [cls + e.token.astype(x.dtype) for e in self.exit_modules]
+    return jnp.concatenate([*toks, x[:, 1:]], axis=1)
+
+  def stage_mask(self, k: int, n: int):
+    """'per_exit': (1, 1, n, n) attention mask of stage k (True = may attend); patches see the last exit's token
+    and the patches, every class token itself and the patches. None for the shared token (no mask)."""
+    if not self.per_exit_tokens:
+      return None
+    e = self.extra_tokens(k)  # the last exit's token sits at position e
+    q = jnp.arange(n)[:, None]
+    key = jnp.arange(n)[None, :]
+    allowed = (key > e) | (key == q) | ((q > e) & (key == e))
+    return allowed[None, None]
 
   def stage(self, x, k: int, train: bool = False):
-    """Runs the blocks between exit k-1 and exit k with exit k's M_k, s_k."""
+    """Runs the blocks between exit k-1 and exit k: with exit k's M_k, s_k ('shared'), or ('per_exit') each
+    remaining exit's token with its own M_j, s_j."""
     start = self.exits[k - 1] if k else 0
-    m, s = self.exit_modules[k].adapter_params()
-    return self.Transformer.run_blocks(x, start, self.exits[k], m, s, deterministic=not train)
+    if self.per_exit_tokens:
+      params = [e.adapter_params() for e in self.exit_modules[k:]]
+      m, s = jnp.stack([p[0] for p in params]), jnp.stack([p[1] for p in params])
+    else:
+      m, s = self.exit_modules[k].adapter_params()
+    return self.Transformer.run_blocks(x, start, self.exits[k], m, s, deterministic=not train,
+                                       mask=self.stage_mask(k, x.shape[1]))
+
+  def after_exit(self, x, k: int):
+    """The stream the next stage gets: 'per_exit' drops the token exit k has read (nothing attends to it)."""
+    return x[:, 1:] if self.per_exit_tokens and k < self.num_exits - 1 else x
 
   def exit_head(self, x, k: int):
     """tokens after stage k -> (logits_k (B, C) float32, exit feature (B, D): the normalised class token)."""
@@ -185,7 +245,7 @@ class METViT(vit.VisionTransformer):
   def stage_and_exit(self, x, k: int):
     """One inference stage (what the early-exit pass runs per bucket; compiled alone for the cost table)."""
     x = self.stage(x, k)
-    return x, self.exit_head(x, k)[0]
+    return self.after_exit(x, k), self.exit_head(x, k)[0]
 
   # -- forward -------------------------------------------------------------------------------------------
 
@@ -197,6 +257,7 @@ class METViT(vit.VisionTransformer):
       lg, f = self.exit_head(x, k)
       logits.append(lg)
       feats.append(f)
+      x = self.after_exit(x, k)
     out = {"exit_logits": jnp.stack(logits), "exit_features": jnp.stack(feats), "pre_logits": feats[-1]}
     return logits[-1], out
 
@@ -240,6 +301,7 @@ def defaults():
       "calibration": "",             # how the thresholds were obtained (written by met_calibrate)
       "inference": "early_exit",     # 'early_exit' | 'dense_select' | 'last'
       "num_buckets": 8,              # precompiled batch capacities per stage in the early-exit pass
+      "exit_tokens": "shared",       # E-adapter reading: 'shared' class token | 'per_exit' (a token per exit)
   })
 
 
@@ -255,6 +317,8 @@ def model_kwargs(c, backbone) -> dict:
     raise UserError("MET reads the class token at every exit: set config.model.pool='tok'.")
   if c.confidence not in met_exit.CONFIDENCES:
     raise UserError(f"config.method.confidence={c.confidence!r}: use one of {sorted(met_exit.CONFIDENCES)}.")
+  if c.exit_tokens not in EXIT_TOKENS:
+    raise UserError(f"config.method.exit_tokens={c.exit_tokens!r}: use one of {EXIT_TOKENS}.")
   if c.inference not in INFERENCE_MODES:
     raise UserError(f"config.method.inference={c.inference!r}: use one of {INFERENCE_MODES}.")
   if c.activation not in ACTIVATIONS:
@@ -272,7 +336,7 @@ def model_kwargs(c, backbone) -> dict:
                          adapter_dropout=float(c.dropout), activation=c.activation)
   kw = dict(encoder_cls=METEncoder, block_cls=METBlock, settings=settings, exits=exits, confidence=c.confidence,
             thresholds=tuple(float(t) for t in c.thresholds), inference=c.inference,
-            num_buckets=int(c.num_buckets))
+            num_buckets=int(c.num_buckets), exit_tokens=c.exit_tokens)
   kw["exit_gmacs"] = met_exit.exit_costs(METViT, {**backbone, **kw})
   return kw
 

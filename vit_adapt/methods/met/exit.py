@@ -71,11 +71,11 @@ def early_exit_forward(model, images, thresholds):
   def run_stage(k, x, capacity):
     """Stage k on the first `capacity` rows of x; -> (x with those rows updated, logits (B, C), rows 0-padded)."""
     if capacity == 0:
-      return x, jnp.zeros((b, model.num_classes), jnp.float32)
+      return model.after_exit(x, k), jnp.zeros((b, model.num_classes), jnp.float32)
     y, lg = model.stage_and_exit(x[:capacity], k)
     if capacity == b:
       return y, lg
-    return (jax.lax.dynamic_update_slice(x, y, (0, 0, 0)),
+    return (jax.lax.dynamic_update_slice(model.after_exit(x, k), y, (0, 0, 0)),
             jnp.pad(lg, ((0, b - capacity), (0, 0))))
 
   x = model.stem(images)
@@ -113,12 +113,13 @@ def _exit_costs(model_cls, items: tuple) -> tuple[float, ...]:
   images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
   variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), images)
   cost = efficiency_lib.lowered_gmacs(lambda v, im: model.apply(v, im, method=model_cls.stem), variables, images)
-  tokens_in = jax.ShapeDtypeStruct((1, 1 + model.num_patches, model.width), model.dtype)
   costs, per_shape = [], {}
   for k in range(model.num_exits):
-    # Every block has the same shapes, so stages with as many blocks and the same kind of head cost the same:
-    # compile one stage of each kind (compiling is the slow part of building a model).
-    kind = (model.exits[k] - (model.exits[k - 1] if k else 0), k == model.num_exits - 1)
+    # Every block has the same shapes, so stages with as many blocks, tokens and the same kind of head cost the
+    # same: compile one stage of each kind (compiling is the slow part of building a model).
+    n_tokens = 1 + model.num_patches + model.extra_tokens(k)
+    tokens_in = jax.ShapeDtypeStruct((1, n_tokens, model.width), model.dtype)
+    kind = (model.exits[k] - (model.exits[k - 1] if k else 0), k == model.num_exits - 1, n_tokens)
     if kind not in per_shape:
       fn = lambda v, t, k=k: model.apply(v, t, k, method=model_cls.stage_and_exit)
       per_shape[kind] = efficiency_lib.lowered_gmacs(fn, variables, tokens_in)

@@ -86,7 +86,9 @@ def fingerprint(config, model, params, trainable_patterns, process_index: int, p
       "version": CACHE_VERSION, "kind": config.method.cache_features, "dtype": config.method.cache_dtype,
       "model": [model.width, model.depth, model.num_heads, model.mlp_dim, model.patch_size, model.image_size,
                 str(np.dtype(model.dtype))],
-      "data": [d.name, d.source, d.data_dir, d.root, d.split, d.normalization],
+      # split_lists only when set, so the fingerprints of caches written before the field existed still hold.
+      "data": [d.name, d.source, d.data_dir, d.root, d.split, d.normalization]
+              + ([d.split_lists] if d.get("split_lists") else []),
       "host": [process_index, process_count],
       "params": params_digest(params, trainable_patterns),
   }
