@@ -18,6 +18,7 @@ from absl import logging
 from vit_adapt import checkpoints
 from vit_adapt.checkpoints import model_dir as model_dir_lib
 from vit_adapt.methods import base
+from vit_adapt.models import dense
 from vit_adapt.models import params as params_lib
 from vit_adapt.models import remat
 from vit_adapt.models import vit
@@ -29,10 +30,11 @@ def build_model(config, num_classes: int | None = None):
   n = num_classes if num_classes is not None else config.dataset.num_classes
   kwargs = vit.backbone_kwargs(config.model, n)
   kwargs.update(method.model_kwargs(config.method, kwargs))
+  model_cls, kwargs = dense.apply_head(config.model, method.model_cls, kwargs)  # config.model.head
   policy = config.model.get("remat", "")
   if policy:
     kwargs["block_cls"] = remat.remat_block(kwargs.get("block_cls", vit.Encoder1DBlock), policy)
-  return method.model_cls(**kwargs), method
+  return model_cls(**kwargs), method
 
 
 def _init_rngs(method, seed: int) -> dict:

@@ -12,6 +12,10 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
   metrics     `train_metrics(logits, batch)`, and for evaluation `eval_sums(logits, batch)` (masked sums of one
               padded batch, with 'count'; a sum may be an array, e.g. per-class counts, summed elementwise) and
               `summarize(totals)` -> {'loss', <primary metric>, ...}: scalars only (they go to the metric writers)
+  optional    `extra_loss(out, targets, config)` -> (loss, metrics): a term on the model's named extras added to
+              the method's loss in training (segmentation's auxiliary head); `eval_forward(model, variables,
+              inputs)` -> (logits, out): the evaluation forward when it is not one `model.apply` (segmentation's
+              sliding windows), `out` holding the per-example statistics a method's `eval_stats` reads
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
@@ -46,6 +50,8 @@ class Task:
   eval_sums: Callable[[jax.Array, Batch], dict[str, jax.Array]]
   summarize: Callable[[dict[str, float]], dict[str, Any]]
   primary_metric: str = "top1"
+  extra_loss: Callable[..., tuple[jax.Array, dict]] | None = None
+  eval_forward: Callable[..., tuple[jax.Array, dict]] | None = None
   doc: str = ""
 
 
