@@ -15,7 +15,9 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
   optional    `extra_loss(out, targets, config)` -> (loss, metrics): a term on the model's named extras added to
               the method's loss in training (segmentation's auxiliary head); `eval_forward(model, variables,
               inputs)` -> (logits, out): the evaluation forward when it is not one `model.apply` (segmentation's
-              sliding windows), `out` holding the per-example statistics a method's `eval_stats` reads
+              sliding windows), `out` holding the per-example statistics a method's `eval_stats` reads;
+              `efficiency(config, model, variables, report, eval_stats)` -> the efficiency report's fields per
+              evaluated image when one image is not one `example_input` (segmentation: windows per image)
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
@@ -52,6 +54,7 @@ class Task:
   primary_metric: str = "top1"
   extra_loss: Callable[..., tuple[jax.Array, dict]] | None = None
   eval_forward: Callable[..., tuple[jax.Array, dict]] | None = None
+  efficiency: Callable[..., dict] | None = None
   doc: str = ""
 
 

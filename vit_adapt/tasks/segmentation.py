@@ -7,7 +7,11 @@ as 0), plus `segmentation.aux_weight` (0.4) times the same loss of the auxiliary
 Evaluation runs sliding windows of the model's input size over each (padded) evaluation canvas
 (`eval_forward`, `dense.slide_logits`: stride `model.slide_stride`, `model.window_batch` windows per compiled
 forward, overlaps averaged) and accumulates one confusion matrix (C x C, rows = truth, columns = prediction)
-over the whole split on device, padding and ignored pixels masked. Metrics (mmseg's): `mIoU` (primary) and
+over the whole split on device, padding and ignored pixels masked.
+Efficiency (`efficiency`): the report's program is one window; per image = windows per evaluation canvas x (the
+backbone's GMACs of a window, DyT's average over the evaluated windows where the method measures one, + the
+head's, the window program's minus its backbone's), split `gmacs_backbone_per_image` / `gmacs_head_per_image`,
+counted on one window's program (never on the sliding-window one); throughput in windows/s and images/s. Metrics (mmseg's): `mIoU` (primary) and
 `mAcc`, the means over classes with IoU = TP / (TP + FP + FN) and accuracy = TP / (TP + FN), classes absent from
 both truth and prediction (0 / 0) left out of the mean; `aAcc` the pixel accuracy.
 """
@@ -22,6 +26,7 @@ import numpy as np
 import optax
 
 from vit_adapt.data import segmentation as data
+from vit_adapt.efficiency import measure
 from vit_adapt.models import dense
 from vit_adapt.tasks import base
 
@@ -111,8 +116,39 @@ def eval_forward(model, variables, images):
                             window_batch=model.dense.window_batch)
 
 
+def _backbone(module, images):
+  return module.encode(module.embed(images), False)[0]
+
+
+def windows_per_image(config, model) -> int:
+  """Sliding windows over one evaluation canvas (`segmentation.eval_size`)."""
+  window, stride = model.image_size, model.dense.stride
+  h, w = data.scales(config)[1]
+  return len(dense.window_starts(max(h, window), window, stride)) * len(dense.window_starts(max(w, window), window,
+                                                                                            stride))
+
+
+def efficiency(config, model, variables, report: dict, eval_stats: dict | None) -> dict:
+  """The report of one window -> per evaluated image (see the module doc)."""
+  n = windows_per_image(config, model)
+  window_program = report.get("gmacs_program", report["gmacs_per_image"])
+  backbone_program = measure.lowered_gmacs(lambda v, x: model.apply(v, x, method=_backbone), variables,
+                                           example_input(config, 1))
+  head = window_program - backbone_program
+  backbone = float(eval_stats["gmacs"]) if eval_stats and "gmacs" in eval_stats else backbone_program
+  out = {**report, "windows_per_image": n, "gmacs_per_window": backbone + head,
+         "gmacs_per_image": n * (backbone + head), "gmacs_backbone_per_image": n * backbone,
+         "gmacs_head_per_image": n * head}
+  if "gmacs_program" in report:
+    out["gmacs_program"] = n * window_program
+  if "throughput_images_per_s" in report:
+    out.update(throughput_windows_per_s=report["throughput_images_per_s"],
+               throughput_images_per_s=report["throughput_images_per_s"] / n)
+  return out
+
+
 SEGMENTATION = base.register(base.Task(
     name="segmentation", train_iterator=data.train_iterator, eval_batches=data.eval_batches,
     num_examples=data.num_examples, model_input=model_input, example_input=example_input, batch_spec=batch_spec,
     targets=targets, loss=loss, train_metrics=train_metrics, eval_sums=eval_sums, summarize=summarize,
-    primary_metric="mIoU", extra_loss=extra_loss, eval_forward=eval_forward, doc=__doc__))
+    primary_metric="mIoU", extra_loss=extra_loss, eval_forward=eval_forward, efficiency=efficiency, doc=__doc__))
