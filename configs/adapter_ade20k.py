@@ -13,8 +13,8 @@ and adapters, so every token runs every MLP; `full` trains every backbone weight
 prints {"task": "ade20k", "method": "adapter", "mIoU": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "wall_time_s": ...}; WORKDIR/results.json also holds mAcc and aAcc.
 
-Demo (embedded digit scenes: 48 x 48 canvases, random-init frozen Ti/4 backbone with 4 blocks at 32 px, 4 epochs
-= 248 steps of batch 16; adapter scale 1.0; CPU):
+Demo (embedded digit scenes: 48 x 48 canvases, random-init frozen Ti/4 backbone with 4 blocks at 32 px, 6 epochs
+= 372 steps of batch 16; adapter scale 1.0; CPU):
 
   python -m vit_adapt.main --config=configs/adapter_ade20k.py:demo --workdir=/tmp/adapter_seg_demo
 

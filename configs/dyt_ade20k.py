@@ -19,8 +19,8 @@ reads <root>/ADEChallengeData2016/{images,annotations}/{training,validation} and
 {"task": "ade20k", "method": "dyt", "mIoU": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "wall_time_s": ..., "activation_rate": ..., "gmacs": ...}; WORKDIR/results.json also holds mAcc and aAcc.
 
-Demo (embedded digit scenes: 48 x 48 canvases, random-init frozen Ti/4 backbone with 4 blocks at 32 px, 4 epochs
-= 248 steps of batch 16; UperNet with 64 channels; evaluation slides 2 x 2 windows of 32 px at stride 16 over each canvas; CPU):
+Demo (embedded digit scenes: 48 x 48 canvases, random-init frozen Ti/4 backbone with 4 blocks at 32 px, 6 epochs
+= 372 steps of batch 16; UperNet with 32 channels; evaluation slides 2 x 2 windows of 32 px at stride 16 over each canvas; CPU):
 
   python -m vit_adapt.main --config=configs/dyt_ade20k.py:demo --workdir=/tmp/dyt_seg_demo
 

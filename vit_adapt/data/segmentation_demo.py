@@ -1,7 +1,8 @@
 """`demo/digit_scenes`: an embedded semantic-segmentation set built from scikit-learn's digits (no download).
 
-Each example is a 48 x 48 RGB canvas: a smooth random colour texture with fine noise, and one to three digits
-(the real 8 x 8 scans of `demo/digits`, nearest-upsampled 2x or 3x, drawn in a random bright colour) pasted
+Each example is a 48 x 48 RGB canvas: a smooth random dark colour texture (channels 20-110) with fine noise, and
+one to three digits (the real 8 x 8 scans of `demo/digits`, nearest-upsampled 2x or 3x, drawn in a random bright
+colour, channels 150-255: the digits stand out, their shapes are what must be learned) pasted
 at random places, later ones over earlier ones. The label map says, per pixel, which digit covers it (class
 digit + 1; a scan pixel counts as digit when its ink is above 4 of 16) or background (class 0): 11 classes.
 Examples are generated deterministically from (split, index); train uses the digits of `demo/digits`'s train
@@ -23,9 +24,9 @@ _SPLIT_IDS = {"train": 1, "test": 2}
 
 
 def _texture(rng: np.random.Generator) -> np.ndarray:
-  coarse = rng.uniform(40, 200, (4, 4, 3)).astype(np.uint8)
+  coarse = rng.uniform(20, 110, (4, 4, 3)).astype(np.uint8)
   smooth = np.asarray(Image.fromarray(coarse).resize((CANVAS, CANVAS), Image.BICUBIC), np.float32)
-  return smooth + rng.normal(0, 12, (CANVAS, CANVAS, 3))
+  return smooth + rng.normal(0, 8, (CANVAS, CANVAS, 3))
 
 
 def scene(split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -40,7 +41,7 @@ def scene(split: str, index: int) -> tuple[np.ndarray, np.ndarray]:
     ink = np.kron(pixels[k].astype(np.float32) / 255.0, np.ones((zoom, zoom), np.float32))
     s = ink.shape[0]
     y, x = (int(v) for v in rng.integers(0, CANVAS - s + 1, 2))
-    colour = rng.uniform(0, 255, 3)
+    colour = rng.uniform(150, 255, 3)
     alpha = ink[..., None]
     image[y:y + s, x:x + s] = (1 - alpha) * image[y:y + s, x:x + s] + alpha * colour
     region = label[y:y + s, x:x + s]
