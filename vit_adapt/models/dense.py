@@ -48,11 +48,22 @@ def dense_model_cls(base):
       self.head = upernet.SegmentationHead(self.num_classes, self.width, channels=d.channels,
                                            aux_channels=d.aux_channels, dropout=d.dropout, dtype=self.dtype)
 
-    def __call__(self, images, train: bool = False, **flags):
-      b, h, w, _ = images.shape
-      x, out = self.encode(self.embed(images), train, **flags)
+    def features(self, images, train: bool = False, **flags):
+      """-> (the patch tokens of `feature_blocks` as (B, g, g, D) maps, the encoder's `out`)."""
+      b = images.shape[0]
+      _, out = self.encode(self.embed(images), train, **flags)
       g = self.grid
-      feats = [out[f"block_{i}"][:, 1:].reshape(b, g, g, self.width) for i in self.dense.feature_blocks]
+      return [out[f"block_{i}"][:, 1:].reshape(b, g, g, self.width) for i in self.dense.feature_blocks], out
+
+    def pyramid(self, images, **flags):
+      """-> (the 4 pyramid levels at strides P/4, P/2, P, 2P, the encoder's `out`), in evaluation mode (the
+      official segmentation backbone's outputs; tests/test_dyt_seg_official.py)."""
+      feats, out = self.features(images, False, **flags)
+      return self.head.pyramid(feats), out
+
+    def __call__(self, images, train: bool = False, **flags):
+      _, h, w, _ = images.shape
+      feats, out = self.features(images, train, **flags)
       logits, aux = self.head(feats, train, with_aux=train or self.is_initializing())
       if aux is not None:
         out["aux_logits"] = upernet.resize_bilinear(aux.astype(jnp.float32), (h, w))
