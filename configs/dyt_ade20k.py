@@ -3,7 +3,8 @@ r"""DyT (Dynamic Tuning) for semantic segmentation: UperNet on ADE20K (`task=ade
 
 Recipe (the official dense_tasks/Segmentation, BEiT / mmseg 0.11; ../shared/reference/segmentation.md): ViT-B/16
 ImageNet-21k at 512 px (position embedding resampled to 32 x 32 on load), frozen, with DyT's per-block routers
-(MLP dispatch, Gumbel-sigmoid tau 5) and bottleneck-16 adapters; the patch tokens of blocks 4, 6, 8, 12 feed the
+(MLP dispatch, Gumbel-sigmoid tau 5) and bottleneck-64 adapters at scale 0.1 (the official seg_train.py's
+ffn_num and ffn_adapter_scalar); the patch tokens of blocks 4, 6, 8, 12 feed the
 BEiT pyramid (strides 4, 8, 16, 32), the UperNet head (768 channels) and the auxiliary FCN head (256 channels,
 loss weight 0.4), BatchNorm in both heads. Loss: pixel cross-entropy ignoring 255 + 0.4 x auxiliary + 2.0 x
 (mean activation - 0.5)^2; no complete-model pass, no distillation. AdamW lr 1e-3, weight decay 0.05, betas
@@ -11,6 +12,8 @@ loss weight 0.4), BatchNorm in both heads. Loss: pixel cross-entropy ignoring 25
 poly decay of power 1 is not one of vit_adapt's schedules), drop-path 0.1. Data: mmseg's pipeline (rescale of
 (2048, 512) by [0.5, 2.0], 512 crop with at most 75 % of one category, flip, photometric distortion, pad 255);
 evaluation at short side 512 with 512 px sliding windows at stride 341, mIoU over the classes.
+Not reproduced: the official configs also give every block a BEiT relative position bias (use_rel_pos_bias=True,
+zero-initialised and trained); vit_adapt's ViT has none (`convert --source=official-dyt` refuses trained tables).
 
   python -m vit_adapt.main --config=configs/dyt_ade20k.py:task=ade20k \
       --config.dataset.root=$HOME/data --workdir=runs/dyt_ade20k
@@ -38,7 +41,7 @@ def get_config(arg=None):
   config, _ = config_lib.make_config("dyt", f"task={segmentation_recipe.dataset_name(task)},seed={args['seed']}")
   segmentation_recipe.apply(config, task)
   # The official segmentation backbone adds only the rate loss to the segmentation losses.
-  config.method.update(complete_pass=False, rate_weight=2.0, target_rate=0.5)
+  config.method.update(complete_pass=False, rate_weight=2.0, target_rate=0.5, bottleneck=64, scale=0.1)
   if task == "demo":
-    config.method.update(bottleneck=32)  # random-init backbone: a wider adapter carries the features
+    config.method.update(bottleneck=32, scale=1.0)  # random-init backbone: a wider, unscaled adapter learns faster
   return config
