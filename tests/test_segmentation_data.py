@@ -118,3 +118,23 @@ def test_corrupt_label_map_names_its_file(tmp_path):
     f.write(b"\x89PNG broken")
   with pytest.raises(UserError, match=r"annotations/training/a\.png"):
     seg.load_pair(seg.FolderPairs(ADE, "train", str(tmp_path))[0], ADE)
+
+
+def test_demo_scenes_are_deterministic_colour_coded_and_chance_is_as_documented():
+  from vit_adapt.data import segmentation_demo as demo_seg
+  image, label = demo_seg.scene("train", 3)
+  again = demo_seg.scene("train", 3)
+  np.testing.assert_array_equal(image, again[0])
+  np.testing.assert_array_equal(label, again[1])
+  scenes = [demo_seg.scene("test", i) for i in range(demo_seg.SIZES["test"])]
+  images = np.stack([s[0] for s in scenes]).astype(np.float32)
+  labels = np.stack([s[1] for s in scenes])
+  assert set(np.unique(labels)) == set(range(demo_seg.NUM_CLASSES))
+  share = float(np.mean(labels == 0))
+  assert round(share, 2) == 0.80  # the module doc's chance level: mIoU of all-background = share / 5 = 0.16
+  for cls, family in demo_seg.PALETTE.items():  # each class's pixels lean to its colour family
+    mean = images[labels == cls].mean(axis=0)
+    bright = [c for c, (lo, _) in enumerate(family) if lo > 100]
+    dark = [c for c, (lo, _) in enumerate(family) if lo < 100]
+    assert min(mean[bright]) > max(mean[dark]) + 60, (cls, mean)
+  assert images[labels == 0].mean() < 80

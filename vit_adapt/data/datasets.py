@@ -323,9 +323,10 @@ _SEGMENTATION = [
             note="COCO-Stuff-164k, folder layout only: <root>/coco_stuff164k/images/{train2017,val2017}/*.jpg and "
             "<root>/coco_stuff164k/stuffthingmaps/{train2017,val2017}/*.png (config.dataset.source='folder').",
             config_defaults=(("source", "folder"), ("split", "train"), ("eval_split", "validation"))),
-    Dataset(name="demo/digit_scenes", kind="demo", num_classes=11, tfds_name=None,
+    Dataset(name="demo/digit_scenes", kind="demo", num_classes=5, tfds_name=None,
             splits=(("train", None), ("test", None)), label_fn=_identity_map, task="segmentation",
-            note="digits of scikit-learn pasted on textured 48 x 48 canvases with their masks, embedded.",
+            note="digits of scikit-learn pasted on textured 48 x 48 canvases with their masks, in 4 colour-coded "
+            "object classes + background, embedded.",
             config_defaults=(("split", "train"), ("eval_split", "test"))),
 ]
 

@@ -40,12 +40,13 @@ def apply(config, task: str) -> None:
 
 
 def apply_demo(config) -> None:
-  """Digit scenes (48 px canvases) with a random-init Ti/4 backbone of 4 blocks at 32 px; evaluation slides 2 x 2
-  windows of 32 px at stride 16 over each 48 px canvas.
+  """Digit scenes (48 px canvases, background + 4 colour-coded object classes) with a random-init Ti/4 backbone
+  of 4 blocks at 32 px; evaluation slides 2 x 2 windows of 32 px at stride 16 over each canvas.
 
   The head is what costs on CPU (its stride-4 level is 32 x 32 px here): 32 UperNet channels keep a step cheap.
-  The digits' scale and colour are what the demo must learn from a random backbone in a few hundred steps, so
-  the rescale jitter is narrowed to [0.75, 1.5] and the photometric distortion is off; the head (randomly
+  A random frozen backbone passes on what a 4 x 4 patch's pixels show (the classes' colours, the masks' edges),
+  which the demo set is built around (data/segmentation_demo.py); the rescale jitter is narrowed to [0.75, 1.5]
+  and the photometric distortion is off (it would shift the colours that name the classes); the head (randomly
   initialised like the adapters) trains at lr 3e-3, 3x the recipe's."""
   config.model.update(variant="Ti/4", image_size=32, depth=4, init="", feature_blocks=(0, 1, 2, 3),
                       head_channels=32, aux_channels=32, slide_stride=16, window_batch=16)
