@@ -13,8 +13,11 @@ and adapters, so every token runs every MLP; `full` trains every backbone weight
 prints {"task": "ade20k", "method": "adapter", "mIoU": ..., "trainable_params": ..., "gmacs_per_image": ...,
 "wall_time_s": ...}; WORKDIR/results.json also holds mAcc and aAcc.
 
-Demo (embedded digit scenes: 48 x 48 canvases, random-init frozen Ti/4 backbone with 4 blocks at 32 px, 6 epochs
-= 372 steps of batch 16; adapter scale 1.0; CPU):
+Demo (embedded digit scenes: 48 x 48 canvases, background + 4 colour-coded object classes; random-init frozen
+Ti/4 backbone with 4 blocks at 32 px, 6 epochs = 372 steps of batch 16; adapter scale 1.0; CPU). Chance:
+all-background scores mIoU 0.16. Measured once on this project's shared 2-core CPU while other jobs loaded it
+(load average 3-6, so the time is an upper bound): mIoU 0.919 (mAcc 0.950, aAcc 0.983), 0.99 GMACs per canvas
+(0.52 backbone + 0.48 head), wall time 359 s:
 
   python -m vit_adapt.main --config=configs/adapter_ade20k.py:demo --workdir=/tmp/adapter_seg_demo
 
