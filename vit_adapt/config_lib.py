@@ -14,6 +14,12 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
   model.dtype               compute dtype: 'auto' (bfloat16 on GPU/TPU, float32 on CPU), 'float32' or 'bfloat16';
                             parameters and optimizer state stay float32
   model.pool, dropout, drop_path, head_init_std
+  model.head                'linear' (the classifier) or 'upernet' (semantic segmentation: BEiT pyramid + UperNet +
+                            auxiliary FCN head on the method's ViT, vit_adapt/models/dense.py); with 'upernet':
+  model.feature_blocks      the 4 blocks (zero-based) whose patch tokens feed the pyramid, (3, 5, 7, 11) for 12
+  model.head_channels, aux_channels, head_dropout  UperNet / FCN widths (768, 256) and their dropout (0.1)
+  model.slide_stride, window_batch  sliding-window inference: stride in pixels between windows of
+                            model.image_size (341 at 512) and windows per compiled forward
   model.remat               per-block rematerialisation, trading compute for training memory: '' (off), 'dots'
                             (keep matmul outputs, recompute the rest) or 'full' (keep block inputs only);
                             vit_adapt/models/remat.py. Same gradients, same results
@@ -38,6 +44,15 @@ Fields (every field is read somewhere; `validate` rejects unknown ones):
                             averaged gradients, the large batch's update (see train/step.py: accumulate for the
                             exceptions: in-model batch statistics, pairwise losses, random draws per micro-batch)
   optim.lr, min_lr, wd, b1, b2, eps, grad_clip, policies
+  segmentation.aux_weight   weight of the auxiliary FCN head's loss (0.4)
+  segmentation.scale        (long, short) of the mmseg resize: training rescales to it times a ratio in
+                            segmentation.ratio_range, evaluation to it (keep ratio); (0, 0) = (4 S, S), S =
+                            model.image_size (ADE20K: (2048, 512) at 512 px)
+  segmentation.ratio_range, cat_max_ratio, photometric  training rescale ratios (0.5, 2.0), the crop's cap on
+                            one category's share (0.75), photometric distortion on/off
+  segmentation.eval_size    (H, W) canvas every evaluation image is padded to (static shapes, label 255 outside
+                            the image) after its keep-ratio resize to segmentation.scale (shrunk further when it
+                            does not fit); sliding windows cover the canvas. (0, 0) = (S, S)
   eval.batch_size;  efficiency.batch_size, efficiency.enabled
   video.model               video datasets: 'frames' (the image ViT per frame + an attentive pooling head over all
                             frame tokens, DyT's video model) | 'tubelet' (VideoMAE: 3-D patches, sinusoidal
@@ -121,7 +136,9 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
 
   c.model = ml_collections.ConfigDict(dict(
       variant="B/16", init="", image_size=224, dtype="auto", pool="tok", dropout=0.0, drop_path=0.0,
-      head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0, remat=""))
+      head_init_std=0.0, depth=0, width=0, mlp_dim=0, num_heads=0, remat="",
+      head="linear", feature_blocks=(3, 5, 7, 11), head_channels=768, aux_channels=256, head_dropout=0.1,
+      slide_stride=341, window_batch=8))
 
   c.dataset = ml_collections.ConfigDict(dict(
       name=task, source="tfds", data_dir="", root="", split_lists="", split="train800val200",
@@ -136,6 +153,10 @@ def base_config(method: str, *, task: str = "vtab/cifar100", seed: int = 0) -> m
       lr=1e-3, min_lr=1e-5, wd=1e-4, b1=0.9, b2=0.999, eps=1e-8, grad_clip=0.0,
       # Per-parameter policies: tuples (regex, 'frozen' | 'lr=<mult>' | 'wd=<mult>'), first match wins.
       policies=()))
+
+  c.segmentation = ml_collections.ConfigDict(dict(
+      aux_weight=0.4, scale=(0, 0), ratio_range=(0.5, 2.0), cat_max_ratio=0.75, photometric=True,
+      eval_size=(0, 0)))
 
   c.eval = ml_collections.ConfigDict(dict(batch_size=256))
   c.efficiency = ml_collections.ConfigDict(dict(enabled=True, batch_size=64, repeats=5))
@@ -185,6 +206,9 @@ _RANGES = {
     "model.image_size": "(0, inf)", "model.dropout": "[0, 1)", "model.drop_path": "[0, 1)",
     "model.head_init_std": "[0, inf)", "model.depth": "[0, inf)", "model.width": "[0, inf)",
     "model.mlp_dim": "[0, inf)", "model.num_heads": "[0, inf)",
+    "model.head_channels": "(0, inf)", "model.aux_channels": "(0, inf)", "model.head_dropout": "[0, 1)",
+    "model.slide_stride": "(0, inf)", "model.window_batch": "(0, inf)", "segmentation.aux_weight": "[0, inf)",
+    "segmentation.cat_max_ratio": "(0, inf)",
     "dataset.mixup": "[0, inf)", "dataset.cutmix": "[0, inf)", "dataset.label_smoothing": "[0, 1)",
     "dataset.num_threads": "[0, inf)", "dataset.prefetch": "[0, inf)", "dataset.cache_mb": "[0, inf)",
     "train.batch_size": "(0, inf)", "train.epochs": "[0, inf)", "train.warmup_epochs": "[0, inf)",

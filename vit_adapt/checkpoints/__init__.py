@@ -4,6 +4,7 @@
   google.py      Google ViT .npz layouts (original/AugReg pre-Linen, big_vision native, scan-stacked)
   timm_vit.py    timm / Hugging Face ViT names (`timm_to_params`, reused by the official-code importers)
   videomae.py    VideoMAE's .pth checkpoints -> the tubelet video model
+  beit_pyramid.py  the BEiT-style segmentation backbone's pyramid convolutions -> the dense model's head/pyramid
   posemb.py      position-embedding resampling
   merge.py       merge into an initialised tree, one error listing every mismatch
   load.py        `load_backbone(path, params, *, config)` (used for `config.model.init`), `merge_model_params`

@@ -6,7 +6,8 @@ The loaded tree uses the backbone's names (after a format conversion). Rules:
     is kept) when the class count differs or the file has no head;
   * a method's own parameters (adapters, prompts, LoRA, routers, ...) keep their initialisation when the file
     does not have them; if the file carries some method parameters it must carry all of them (an official-code
-    checkpoint of a trained method);
+    checkpoint of a trained method); a dense model's decode heads (`head/decode/`, `head/auxiliary/`) likewise,
+    on their own (a segmentation backbone's checkpoint carries the pyramid, not the heads);
   * a name in the file that the target does not have is unexpected.
 Anything else is collected and raised as ONE `UserError` that lists every missing, unexpected and mis-shaped
 name with shapes, headed by what architecture the file holds versus what the config asks for.
@@ -30,6 +31,8 @@ _BACKBONE = re.compile(
     r"|head/(kernel|bias)|fc_norm/(scale|bias)"
     r"|Transformer/encoderblock_\d+/(LayerNorm_[01]/(scale|bias)"
     r"|MultiHeadDotProductAttention_0/(query|key|value|out)/(kernel|bias)|MlpBlock_0/Dense_[01]/(kernel|bias)))$")
+
+_DECODE_HEADS = re.compile(r"^head/(decode|auxiliary)/")
 
 
 def is_backbone_name(path: str) -> bool:
@@ -118,8 +121,12 @@ def merge(loaded: dict, target: dict, *, source: str, allow_head_reinit: bool = 
                       _shape(tgt["head/kernel"])[-1])
       src["head/kernel"], src["head/bias"] = tgt["head/kernel"], tgt["head/bias"]
 
-  carries_method = any(not is_backbone_name(p) for p in src)
-  required = lambda p: (is_backbone_name(p) and not partial_backbone) or (carries_method and not is_backbone_name(p))
+  # A dense model's decode heads (models/upernet.py) are trained from scratch by the official segmentation code:
+  # a backbone checkpoint without them keeps their initialisation; one with some of them must have all.
+  carries_decode = any(_DECODE_HEADS.match(p) for p in src)
+  carries_method = any(not is_backbone_name(p) and not _DECODE_HEADS.match(p) for p in src)
+  required = lambda p: ((is_backbone_name(p) and not partial_backbone)
+                        or (carries_decode if _DECODE_HEADS.match(p) else carries_method and not is_backbone_name(p)))
   missing = [p for p in tgt if p not in src and required(p)]
   unexpected = [p for p in src if p not in tgt]
   misshaped = [p for p in src if p in tgt and _shape(src[p]) != _shape(tgt[p])]

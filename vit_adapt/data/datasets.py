@@ -301,7 +301,55 @@ _VIDEO = [
                              ("video.flip", False), ("video.temporal_views", 2), ("video.spatial_views", 1))),
 ]
 
-_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_FGVC, *_DEMO, *_VIDEO)}
+
+def reduce_zero_label(ex: Example) -> np.ndarray:
+  """ADE20K's label maps: 0 ('other') -> 255 (ignored), k -> k - 1 (mmseg's reduce_zero_label)."""
+  label = np.asarray(ex["label"])
+  return np.where(label == 0, 255, label.astype(np.int32) - 1).astype(np.uint8)
+
+
+# COCO-Stuff-164k's stuffthingmaps hold COCO ids - 1 (0..181, 255 unlabeled); 11 of those ids are unused, the
+# other 171 are the classes in id order (mmseg's labelTrainIds).
+_COCO_UNUSED = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+_COCO_TABLE = np.full(256, 255, np.uint8)
+_COCO_TABLE[[i for i in range(182) if i not in _COCO_UNUSED]] = np.arange(171)
+
+
+def coco_stuff_train_ids(ex: Example) -> np.ndarray:
+  return _COCO_TABLE[np.asarray(ex["label"])]
+
+
+def _identity_map(ex: Example) -> np.ndarray:
+  return np.asarray(ex["label"])
+
+
+# Semantic segmentation (task 'segmentation'): `label_fn` maps a decoded label map to class ids (255 = ignored).
+_SEGMENTATION = [
+    # tfds 4.9.10's `scene_parse150` is not usable here: its `annotation` feature is built from ChallengeData2017's
+    # annotations_instance/ (R = category of the 100-class instance challenge, G = instance id), not from the
+    # 150-class semantic maps of ADEChallengeData2016 that the papers evaluate on. Folder layout only.
+    Dataset(name="ade20k", kind="segmentation", num_classes=150, tfds_name=None,
+            splits=(("train", None), ("validation", None)), folder="ADEChallengeData2016",
+            label_fn=reduce_zero_label, task="segmentation",
+            note="ADE20K SceneParsing, folder layout only (tfds `scene_parse150` carries instance maps, not the "
+            "150-class semantic labels): <root>/ADEChallengeData2016/{images,annotations}/{training,validation} "
+            "from http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip "
+            "(config.dataset.source='folder').",
+            config_defaults=(("source", "folder"), ("split", "train"), ("eval_split", "validation"))),
+    Dataset(name="coco_stuff", kind="segmentation", num_classes=171, tfds_name=None,
+            splits=(("train", None), ("validation", None)), folder="coco_stuff164k", label_fn=coco_stuff_train_ids,
+            task="segmentation",
+            note="COCO-Stuff-164k, folder layout only: <root>/coco_stuff164k/images/{train2017,val2017}/*.jpg and "
+            "<root>/coco_stuff164k/stuffthingmaps/{train2017,val2017}/*.png (config.dataset.source='folder').",
+            config_defaults=(("source", "folder"), ("split", "train"), ("eval_split", "validation"))),
+    Dataset(name="demo/digit_scenes", kind="demo", num_classes=5, tfds_name=None,
+            splits=(("train", None), ("test", None)), label_fn=_identity_map, task="segmentation",
+            note="digits of scikit-learn pasted on textured 48 x 48 canvases with their masks, in 4 colour-coded "
+            "object classes + background, embedded.",
+            config_defaults=(("split", "train"), ("eval_split", "test"))),
+]
+
+_REGISTRY: dict[str, Dataset] = {t.name: t for t in (*_VTAB, *_COMPLETE, *_FGVC, *_DEMO, *_VIDEO, *_SEGMENTATION)}
 
 # The 19 VTAB-1k tasks in the canonical order of the papers' tables, and their groups in that order.
 VTAB_1K = tuple(t.name for t in _VTAB)

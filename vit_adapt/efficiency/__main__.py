@@ -55,14 +55,14 @@ def main(argv):
     config_lib.validate(config)
   config, model, method, variables = _load(config, FLAGS.checkpoint)
   stats = _eval_stats(config, model, method, variables) if FLAGS.eval_gmacs else None
+  task = tasks.for_config(config)
   result = {"method": config.method.name, "task": config.dataset.name,
             "weights": FLAGS.checkpoint or "seeded random initialisation (no --checkpoint)",
-            **report(config, model, variables, example_input=tasks.for_config(config).example_input,
+            **report(config, model, variables, example_input=task.example_input, per_image=task.efficiency,
                      trainable=optim.split_trainable(variables["params"], method,
                                                                                 config.optim)[0],
                      train_memory_bytes=train_step.train_step_memory(config, model, method, variables),
                      eval_stats=stats)}
-  task = tasks.for_config(config)
   if task.efficiency_fields is not None:  # e.g. video: GMACs per view and per video, clips/s
     result.update(task.efficiency_fields(config, result))
   text = json.dumps(result, indent=2, default=float)

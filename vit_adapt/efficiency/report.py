@@ -45,11 +45,13 @@ def inference_throughput(model, variables, inputs: jax.ShapeDtypeStruct, *, repe
 
 
 def report(config, model, variables, *, example_input, trainable, train_memory_bytes: int,
-           eval_stats: dict | None = None, measure_throughput: bool = True) -> dict:
+           eval_stats: dict | None = None, measure_throughput: bool = True, per_image=None) -> dict:
   """The efficiency numbers of one model. `variables` are real arrays (throughput needs them);
   `example_input(config, n)` is the model input of n examples (the task's, `Task.example_input`); `trainable`
   is the trainable tree (after the optimizer's policies); `train_memory_bytes` the compiled training step's
-  peak (`vit_adapt.train.step.train_step_memory`, or the trainer's own compiled step)."""
+  peak (`vit_adapt.train.step.train_step_memory`, or the trainer's own compiled step). `per_image(config, model,
+  variables, report, eval_stats) -> report` (a task's `efficiency`) turns the figures of one `example_input` into
+  those of one evaluated image where they differ (segmentation's sliding windows)."""
   size = config.model.image_size
   program_gmacs = gmacs_per_example(model, variables, example_input(config, 1))
   out = {"gmacs_per_image": program_gmacs, "gmacs_source": "program"}
@@ -65,4 +67,4 @@ def report(config, model, variables, *, example_input, trainable, train_memory_b
   out.update(batch_size=config.efficiency.batch_size, dtype=vit.resolve_dtype(config.model.dtype),
              device=measure.device_description(), image_size=size)
   out.update(peak_train_memory_bytes=int(train_memory_bytes), train_batch_size=config.train.batch_size)
-  return out
+  return per_image(config, model, variables, out, eval_stats) if per_image else out

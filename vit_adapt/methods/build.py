@@ -19,6 +19,7 @@ from absl import logging
 from vit_adapt import checkpoints
 from vit_adapt.checkpoints import model_dir as model_dir_lib
 from vit_adapt.methods import base
+from vit_adapt.models import dense
 from vit_adapt.models import params as params_lib
 from vit_adapt.models import remat
 from vit_adapt.models import video, vit
@@ -34,6 +35,7 @@ def build_model(config, num_classes: int | None = None):
     model_cls = video.video_model(kind, model_cls)
     kwargs.update(video.video_kwargs(kind, config.video))
   kwargs.update(method.model_kwargs(config.method, kwargs))
+  model_cls, kwargs = dense.apply_head(config.model, model_cls, kwargs)  # config.model.head
   policy = config.model.get("remat", "")
   if policy:
     kwargs["block_cls"] = remat.remat_block(kwargs.get("block_cls", vit.Encoder1DBlock), policy)

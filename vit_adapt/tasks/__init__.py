@@ -7,6 +7,7 @@
 from vit_adapt.data import datasets
 from vit_adapt.tasks import base
 from vit_adapt.tasks import classification  # noqa: F401  (registration)
+from vit_adapt.tasks import segmentation  # noqa: F401  (registration)
 from vit_adapt.tasks import video  # noqa: F401  (registration)
 from vit_adapt.tasks.base import Task  # noqa: F401
 

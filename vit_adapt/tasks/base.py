@@ -15,7 +15,13 @@ statistics, budget knob. A task says what is learned and how it is measured, wha
   optional    `efficiency_fields(config, efficiency)` (extra results fields derived from the efficiency report, e.g.
               video's GMACs per view and per video), `data_fields(config, train_iterator, evaluation)` (extra
               results fields about the data the run read, e.g. video's skipped undecodable videos per split)
-              and `class_names(config, split)`
+              and `class_names(config, split)`;
+              `extra_loss(out, targets, config)` -> (loss, metrics): a term on the model's named extras added to
+              the method's loss in training (segmentation's auxiliary head); `eval_forward(model, variables,
+              inputs)` -> (logits, out): the evaluation forward when it is not one `model.apply` (segmentation's
+              sliding windows), `out` holding the per-example statistics a method's `eval_stats` reads;
+              `efficiency(config, model, variables, report, eval_stats)` -> the efficiency report's fields per
+              evaluated image when one image is not one `example_input` (segmentation: windows per image)
 
 The trainer, the evaluator and the efficiency report read these fields; nothing else names a task. The task of
 a run is its dataset's (`vit_adapt.data.datasets.Dataset.task`).
@@ -57,6 +63,13 @@ class Task:
   data_fields: Callable[[Config, Any, dict], dict] | None = None
   # Optional: (config, split=None) -> the dataset's class names (for `predict`'s top-5), () when it has none.
   class_names: Callable[..., tuple] | None = None
+  # Optional: (out, targets, config) -> (loss, metrics) added to the method's loss (segmentation's aux head).
+  extra_loss: Callable[..., tuple[jax.Array, dict]] | None = None
+  # Optional: (model, variables, inputs) -> (logits, out) when evaluation is not one model.apply.
+  eval_forward: Callable[..., tuple[jax.Array, dict]] | None = None
+  # Optional: (config, model, variables, report, eval_stats) -> the report per evaluated image (applied before
+  # `efficiency_fields`, which reads its result).
+  efficiency: Callable[..., dict] | None = None
   doc: str = ""
 
 

@@ -23,7 +23,10 @@ def make_eval_step(model, method, task) -> Callable:
   """-> eval_step(variables, batch) -> dict of masked sums (pure, to be jitted by the caller)."""
 
   def eval_step(variables, batch):
-    logits, out = model.apply(variables, task.model_input(batch), train=False)
+    if task.eval_forward is not None:  # e.g. sliding windows over images larger than the model's input
+      logits, out = task.eval_forward(model, variables, task.model_input(batch))
+    else:
+      logits, out = model.apply(variables, task.model_input(batch), train=False)
     sums = dict(task.eval_sums(logits, batch))
     stats = {}
     if method.eval_stats is not None:

@@ -217,7 +217,8 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   if train_memory_bytes is None:  # resumed after the last step: no step was compiled in this process
     train_memory_bytes = train_state.train_step_memory(config, model, method, local, task)
   eff = efficiency.report(config, model, local, example_input=task.example_input, trainable=state.params, eval_stats=last_eval["stats"],
-                          train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled)
+                          train_memory_bytes=train_memory_bytes, measure_throughput=config.efficiency.enabled,
+                          per_image=task.efficiency)
   data_fields = task.data_fields(config, train_iter, last_eval) if task.data_fields is not None else {}
   if data_fields:
     logging.info("Data read by the run: %s", data_fields)

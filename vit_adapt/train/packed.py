@@ -467,7 +467,7 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
       memory = memory if eff0 is not None else train_state.train_step_memory(c, model, method, local, task)
       eff = efficiency.report(c, model, local, example_input=task.example_input, trainable=trainable,
                               eval_stats=last_eval[i]["stats"], train_memory_bytes=memory,
-                              measure_throughput=c.efficiency.enabled and eff0 is None)
+                              measure_throughput=c.efficiency.enabled and eff0 is None, per_image=task.efficiency)
       eff = {**{key: v for key, v in (eff0 or {}).items() if key.startswith("throughput_")}, **eff}
     else:
       eff = dict(eff0)

@@ -41,7 +41,7 @@ def build(config, method, task, *, evaluation: dict, num_train: int, steps: int,
   shared the work)."""
   metrics = {k: v for k, v in evaluation.items() if k not in ("stats", "notes", "loss", "num_examples")}
   results = {
-      "task": config.dataset.name, "method": method.name, **metrics,
+      "task": config.dataset.name, "method": method.name, **metrics, "primary_metric": task.primary_metric,
       "eval_split": config.dataset.eval_split, "eval_loss": evaluation["loss"],
       "num_eval_examples": evaluation["num_examples"], "train_split": config.dataset.split,
       "num_train_examples": num_train, "steps": steps, "seed": config.seed,

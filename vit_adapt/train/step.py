@@ -89,6 +89,10 @@ def make_train_step(model, method, config: ml_collections.ConfigDict, tx: optax.
     loss, aux = method.loss(methods_base.LossInputs(
         logits=logits, out=out, labels=labels, forward=forward, config=config.method, train=True,
         task_loss=lambda lg: task.loss(lg, labels), batch_mean=batch_mean))
+    if task.extra_loss is not None:  # the task's own term on the model's extras (an auxiliary head)
+      extra, extra_metrics = task.extra_loss(out, labels, config)
+      loss = loss + extra
+      aux = {**aux, **extra_metrics, **({"loss": loss} if "loss" in aux else {})}
     metrics = dict(task.train_metrics(logits, batch))
     # A method's loss terms and diagnostics (e.g. DyT's activation rate), logged as batch means.
     metrics.update({k: jnp.mean(jnp.asarray(v, jnp.float32)) for k, v in aux.items()})

@@ -8,7 +8,10 @@ router (`mlp_token_select`); it implements MLP dispatch only. Backbone names go 
   blocks.{i}.adaptmlp.up_proj.{weight,bias}          -> Transformer/encoderblock_{i}/adapter/up/{kernel,bias}
   blocks.{i}.mlp_token_select.mlp_head.{weight,bias} -> Transformer/encoderblock_{i}/router/{kernel,bias}
 
-(kernel = weight.T). The official VIDEO model (`video_vision_transformer_IN21K.py`: the same blocks per frame) adds
+(kernel = weight.T). The official SEGMENTATION backbone (`dense_tasks/Segmentation/backbone/`) adds the BEiT
+pyramid's transposed convolutions (`fpn1.*`, `fpn2.*` -> `head/pyramid/...` of the dense model, see
+`checkpoints/beit_pyramid.py`, which also refuses trained relative position bias tables) and has no final
+LayerNorm (an identity `encoder_norm` is written; the dense model reads block outputs only). The official VIDEO model (`video_vision_transformer_IN21K.py`: the same blocks per frame) adds
 its attentive pooling head, which maps into the `head/` scope of the `frames` video model (`models/video.py`):
 
   query_token                                         -> head/query_token
@@ -32,7 +35,7 @@ import re
 import numpy as np
 from flax import traverse_util
 
-from vit_adapt.checkpoints import sources, timm_vit
+from vit_adapt.checkpoints import beit_pyramid, sources, timm_vit
 from vit_adapt.checkpoints.readers import Tensors
 from vit_adapt.errors import UserError
 
@@ -81,6 +84,13 @@ def dyt_to_params(tensors: Tensors, num_heads: int) -> tuple[dict, dict]:
                     "(adapter LayerNorm or learnable scale); only the released layernorm_option='none' adapter "
                     "with a fixed scale converts.")
   flat, others = attentive_head_to_params(tensors)
+  if beit_pyramid.is_segmentation_backbone(others):
+    pyramid, others = beit_pyramid.pyramid_to_params(others, "official-dyt")
+    flat.update(pyramid)
+    if "norm.weight" not in others:  # its features are block outputs: no final LayerNorm, which the dense model
+      width = np.asarray(others["cls_token"]).shape[-1]  # never reads either; an identity one fills the slot
+      flat.update({"Transformer/encoder_norm/scale": np.ones(width, np.float32),
+                   "Transformer/encoder_norm/bias": np.zeros(width, np.float32)})
   rest: Tensors = {}
   for name, w in others.items():
     m = _DYT_RE.fullmatch(name)
@@ -121,6 +131,9 @@ def from_official_dyt(tensors: Tensors, config) -> tuple[dict, dict]:
     raise UserError("this is an official DyT IMAGE checkpoint (no query_token / attentive_blocks.*), but the "
                     "config builds the video model: use --config=configs/dyt_vtab.py, or start a video run from it "
                     "with --config.model.init.")
+  if beit_pyramid.is_segmentation_backbone(tensors) and config.model.get("head", "linear") != "upernet":
+    raise UserError("this is an official DyT SEGMENTATION backbone (fpn1.* / fpn2.* pyramid convolutions): convert "
+                    "it with a segmentation config, e.g. --config=configs/dyt_ade20k.py:task=ade20k.")
   return dyt_to_params(tensors, sources.num_heads_of(config))
 
 
