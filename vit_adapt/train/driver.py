@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+from absl import logging
 
 from vit_adapt.efficiency import measure
 
@@ -38,6 +39,16 @@ class CompiledStep:
 
   def __call__(self, *args):
     return self.compiled(*args)(*args)
+
+
+def restore(ckpts, state, data, total_steps: int, what: str = "run"):
+  """-> (the latest checkpoint's state, else `state`; the step it ends). Restores `data`'s position too."""
+  restored = ckpts.restore_latest(state, data)
+  state = state if restored is None else restored
+  start_step = int(jax.device_get(state.step))
+  if start_step:
+    logging.info("Resuming the %s at step %d of %d", what, start_step, total_steps)
+  return state, start_step
 
 
 def run_steps(state, *, start_step: int, total_steps: int, steps_per_epoch: int, train_config,

@@ -23,8 +23,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import driver
-from vit_adapt.train import evaluate, optim
+from vit_adapt.train import driver, evaluate, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -129,12 +128,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   # ---------------------------------------------------------------------------------------------- restore
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(workdir, "checkpoints"),
                                              keep=config.train.keep_checkpoints)
-  restored = ckpts.restore_latest(state, train_iter)
-  if restored is not None:
-    state = restored
-  start_step = int(jax.device_get(state.step))
-  if start_step:
-    logging.info("Resuming at step %d of %d", start_step, total_steps)
+  state, start_step = driver.restore(ckpts, state, train_iter, total_steps)
 
   # ---------------------------------------------------------------------------------------------- step
   # Gradients of the trainable tree only; the frozen tree is an ordinary (non-donated) argument. The state is

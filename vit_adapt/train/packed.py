@@ -49,9 +49,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import driver
-from vit_adapt.train import evaluate, optim
-from vit_adapt.train import loop
+from vit_adapt.train import driver, evaluate, loop, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -352,12 +350,7 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
 
   # ---------------------------------------------------------------------------------------------- restore
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(pack_dir, "checkpoints"), keep=c0.train.keep_checkpoints)
-  restored = ckpts.restore_latest(pack, data)
-  if restored is not None:
-    pack = restored
-  start_step = int(jax.device_get(pack.step))
-  if start_step:
-    logging.info("Resuming the pack at step %d of %d", start_step, total_steps)
+  pack, start_step = driver.restore(ckpts, pack, data, total_steps, "pack")
 
   step_fn = driver.CompiledStep(jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis),
                                        in_shardings=(pack_sh, repl if shared else runs_sh, batch_sh, runs_sh),
