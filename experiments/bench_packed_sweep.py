@@ -32,7 +32,10 @@ GRID = "seed=[0,1,2,3];optim.lr=[1e-3,3e-3]"
 
 def run_sweep(workdir: str, pack: int, steps: int) -> float:
   cmd = [sys.executable, "-m", "vit_adapt.sweep", "--config=configs/adapter_vtab.py:demo", f"--grid={GRID}",
-         "--devices=1", f"--pack={pack}", f"--workdir={workdir}", "--progress_every_s=600"]
+         "--devices=1", f"--pack={pack}", f"--workdir={workdir}", "--progress_every_s=600",
+         # A fresh compilation cache per mode: both start cold (no program from an earlier benchmark), and
+         # each reuses what its own runs or packs compiled, as a user's sweep does.
+         f"--compilation_cache={workdir}_compilation_cache"]
   if steps:
     cmd.append(f"--overrides=train.steps={steps}")
   t0 = time.time()

@@ -76,7 +76,7 @@ def test_sweep_groups_packable_runs_into_packs_of_at_most_k(tmp_path):
 @pytest.mark.parametrize("method,field,values", [
     ("adapter", "scale", (1.0, 0.5)), ("lora", "alpha", (8.0, 4.0)), ("dyt", "target_rate", (0.5, 0.7)),
     ("synqt", "feat_scale", (0.1, 0.3))])
-def test_packed_runs_equal_the_same_runs_alone(tmp_path, fast_compile, method, field, values):
+def test_packed_runs_equal_the_same_runs_alone(tmp_path, fast_compile, monkeypatch, method, field, values):
   configs = []
   for seed, lr, smoothing, value in zip((0, 1), (1e-3, 3e-3), (0.1, 0.2), values):
     c = tiny(method, train=dict(steps=3), dataset=dict(label_smoothing=smoothing))
@@ -85,6 +85,11 @@ def test_packed_runs_equal_the_same_runs_alone(tmp_path, fast_compile, method, f
     configs.append(c)
   alone = [train.train_and_evaluate(c, str(tmp_path / f"alone{i}")) for i, c in enumerate(configs)]
   workdirs = [str(tmp_path / f"run{i}") for i in range(2)]
+
+  def no_solo_step(*args, **kwargs):
+    raise AssertionError("a pack reads its memory from the packed step; it compiles no solo step")
+
+  monkeypatch.setattr(packed.train_state, "train_step_memory", no_solo_step)
   together = packed.train_pack(configs, workdirs, str(tmp_path / "pack"))
   for i, w in enumerate(workdirs):
     a, p = alone[i], together[i]
@@ -99,9 +104,18 @@ def test_packed_runs_equal_the_same_runs_alone(tmp_path, fast_compile, method, f
     assert {"config.json", "metrics.jsonl", "model", "results.json", "run.json"} <= set(os.listdir(w))
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(w))
     assert p["pack"]["runs"] == 2 and p["pack"]["index"] == i
+    # Each run's share of the packed step's memory, said as such; the same order as the run's own step.
+    assert p["peak_train_memory_source"] == "packed step / 2 runs per device"
+    assert "peak_train_memory_source" not in a
+    assert 0.3 * a["peak_train_memory_bytes"] < p["peak_train_memory_bytes"] < 3 * a["peak_train_memory_bytes"]
   # The runs really differ (seed, lr, the method's value): the comparison is not of one run with itself.
   assert train_losses(workdirs[0]) != train_losses(workdirs[1])
   assert "optim.lr" in together[0]["pack"]["traced"]
+  if method == "adapter":  # re-run after the last step: nothing trains, the same results (the memory included)
+    again = packed.train_pack(configs, workdirs, str(tmp_path / "pack"))
+    for p, q in zip(together, again):
+      assert {k: v for k, v in q.items() if "wall_time" not in k and k != "pack"} == \
+             {k: v for k, v in p.items() if "wall_time" not in k and k != "pack"}
 
 
 @pytest.mark.slow

@@ -9,13 +9,13 @@ every run's own directory. Runs that fit no pack (alone in their group) run as b
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Sequence
 
 from vit_adapt.errors import UserError
 from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.sweep import jobs as sweep_jobs
 from vit_adapt.train import packed
 from vit_adapt.train import workdir as workdir_lib
 
@@ -27,35 +27,20 @@ def plan_packs(runs: Sequence[sweep_grid.Run], size: int) -> list[list[sweep_gri
   (they run on their own and report their error there)."""
   if size < 2:
     return []
-  by_key: dict[str, list] = {}
-  for run in runs:
-    try:
-      config = sweep_grid.load_config(run.config, run.overrides)
-      if packed.ineligible_reason(config):
-        continue
-      key = packed.pack_key(config)
-    except Exception:  # noqa: BLE001 -- a broken run is reported by its own job, not by the planner
-      continue
-    by_key.setdefault(key, []).append(run)
   packs = []
-  for group in by_key.values():
+  for group in sweep_jobs.by_config_key(runs, lambda c: None if packed.ineligible_reason(c) else packed.pack_key(c)):
+    group = [run for run, _ in group]
     packs.extend(group[i:i + size] for i in range(0, len(group), size))
   return [p for p in packs if len(p) >= 2]
 
 
 def pack_dir(workdir: str, runs: Sequence[sweep_grid.Run]) -> str:
-  digest = hashlib.sha1("\n".join(r.name for r in runs).encode()).hexdigest()[:10]
-  return os.path.join(workdir, "_packs", runs[0].task, runs[0].config_label, digest)
+  return sweep_jobs.job_dir(workdir, "_packs", runs, ordered=True)  # a pack's checkpoint stacks runs in order
 
 
 def pack_command(python: str, workdir: str, runs: Sequence[sweep_grid.Run], pdir: str) -> list[str]:
   """Writes the pack file and returns the job's command line."""
-  os.makedirs(pdir, exist_ok=True)
-  spec = {"runs": [{"name": r.name, "config": r.config, "overrides": r.overrides,
-                    "workdir": os.path.join(workdir, r.name)} for r in runs]}
-  with open(os.path.join(pdir, PACK_FILE), "w") as f:
-    json.dump(spec, f, indent=1, default=str)
-  return [python, "-m", "vit_adapt.pack", f"--pack={os.path.join(pdir, PACK_FILE)}"]
+  return sweep_jobs.job_command(python, workdir, runs, pdir, PACK_FILE, "vit_adapt.pack", "pack")
 
 
 def run_pack_file(path: str) -> int:

@@ -50,6 +50,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.sweep import grid as sweep_grid
+from vit_adapt.sweep import jobs as sweep_jobs
 from vit_adapt.train import checkpoints as train_checkpoints
 from vit_adapt.train import evaluate, optim
 from vit_adapt.train import results as results_lib
@@ -91,20 +92,22 @@ def feature_key(config, method_fields: Sequence[str] | None = None) -> str:
 def plan_groups(runs: Sequence[sweep_grid.Run]) -> list[list[sweep_grid.Run]]:
   """Groups of >= 2 runs that can share features; runs whose config fails to load are left out (they run on
   their own and report their error there)."""
-  by_key: dict[str, list] = {}
-  for run in runs:
-    try:
-      config = sweep_grid.load_config(run.config, run.overrides)
-    except Exception:  # noqa: BLE001 -- a broken run is reported by its own job, not by the planner
-      continue
-    if ineligible_reason(config) is None:
-      by_key.setdefault(feature_key(config), []).append(run)
-  return [g for g in by_key.values() if len(g) >= 2]
+  groups = sweep_jobs.by_config_key(runs, lambda c: feature_key(c) if ineligible_reason(c) is None else None)
+  return [[run for run, _ in g] for g in groups if len(g) >= 2]
 
 
 def _augments(config) -> bool:
   d = config.dataset
   return d.augment != "none" or d.mixup > 0 or d.cutmix > 0
+
+
+def _cache_key(config) -> str | None:
+  """The feature key of a run that trains on its method's own feature cache and may share it (None = not)."""
+  cache = methods.get(config.method.name).feature_cache
+  if (cache is None or not cache.dir_field or not cache.enabled(config)
+      or config.method.get(cache.dir_field) or _augments(config)):
+    return None
+  return feature_key(config, ("name",) + tuple(cache.key_fields))
 
 
 def plan_feature_caches(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[str, tuple[str, str, str]]:
@@ -115,42 +118,26 @@ def plan_feature_caches(runs: Sequence[sweep_grid.Run], workdir: str) -> dict[st
   at one shared cache directory; the first run of each group builds the cache and the others start after it,
   reusing it. Runs that set their own cache directory or augment their images are left alone.
   """
-  by_key: dict[str, list] = {}
-  for run in runs:
-    try:
-      config = sweep_grid.load_config(run.config, run.overrides)
-    except Exception:  # noqa: BLE001 -- reported by the run's own job
-      continue
-    cache = methods.get(config.method.name).feature_cache
-    if (cache is None or not cache.dir_field or not cache.enabled(config)
-        or config.method.get(cache.dir_field) or _augments(config)):
-      continue
-    key = feature_key(config, ("name",) + tuple(cache.key_fields))
-    by_key.setdefault(key, []).append((run, cache.dir_field, config.method.name))
   plan = {}
-  for key, group in by_key.items():
+  for group in sweep_jobs.by_config_key(runs, _cache_key):
     if len(group) < 2:
       continue
-    method = group[0][2]
+    (leader, config), key = group[0], _cache_key(group[0][1])
+    method = config.method.name
+    field = methods.get(method).feature_cache.dir_field
     cache_dir = os.path.join(workdir, "_shared", f"{method}_cache", hashlib.sha1(key.encode()).hexdigest()[:12])
-    for run, field, _ in group:
-      plan[run.name] = (cache_dir, group[0][0].name, field)
+    for run, _ in group:
+      plan[run.name] = (cache_dir, leader.name, field)
   return plan
 
 
 def group_dir(workdir: str, runs: Sequence[sweep_grid.Run]) -> str:
-  digest = hashlib.sha1("\n".join(sorted(r.name for r in runs)).encode()).hexdigest()[:10]
-  return os.path.join(workdir, "_shared", runs[0].task, runs[0].config_label, digest)
+  return sweep_jobs.job_dir(workdir, "_shared", runs, ordered=False)
 
 
 def group_command(python: str, workdir: str, runs: Sequence[sweep_grid.Run], gdir: str) -> list[str]:
   """Writes the group file and returns the job's command line."""
-  os.makedirs(gdir, exist_ok=True)
-  spec = {"runs": [{"name": r.name, "config": r.config, "overrides": r.overrides,
-                    "workdir": os.path.join(workdir, r.name)} for r in runs]}
-  with open(os.path.join(gdir, GROUP_FILE), "w") as f:
-    json.dump(spec, f, indent=1, default=str)
-  return [python, "-m", "vit_adapt.shared_features", f"--group={os.path.join(gdir, GROUP_FILE)}"]
+  return sweep_jobs.job_command(python, workdir, runs, gdir, GROUP_FILE, "vit_adapt.shared_features", "group")
 
 
 # ------------------------------------------------------------------------------------------------ features

@@ -19,12 +19,11 @@ from clu import parameter_overview, periodic_actions
 
 from vit_adapt import config_lib, methods, tasks
 from vit_adapt.checkpoints import weights
-from vit_adapt.efficiency import measure
 from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import evaluate, optim
+from vit_adapt.train import driver, evaluate, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -129,26 +128,20 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   # ---------------------------------------------------------------------------------------------- restore
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(workdir, "checkpoints"),
                                              keep=config.train.keep_checkpoints)
-  restored = ckpts.restore_latest(state, train_iter)
-  if restored is not None:
-    state = restored
-  start_step = int(jax.device_get(state.step))
-  if start_step:
-    logging.info("Resuming at step %d of %d", start_step, total_steps)
+  state, start_step = driver.restore(ckpts, state, train_iter, total_steps)
 
   # ---------------------------------------------------------------------------------------------- step
   # Gradients of the trainable tree only; the frozen tree is an ordinary (non-donated) argument. The state is
-  # donated: XLA updates parameters and optimizer moments in place.
-  step_fn = jax.jit(
+  # donated: XLA updates parameters and optimizer moments in place. Compiled ahead of time per batch shapes,
+  # which gives the step's memory analysis.
+  step_fn = driver.CompiledStep(jax.jit(
       train_state.make_train_step(model, method, config, tx, schedule, task),
-      in_shardings=(repl, repl, data_sharding), out_shardings=(repl, repl), donate_argnums=0)
-  compiled_steps: dict = {}  # batch shapes -> compiled step (ahead of time: gives the step's memory analysis)
-  train_memory_bytes = None
+      in_shardings=(repl, repl, data_sharding), out_shardings=(repl, repl), donate_argnums=0))
 
   # ---------------------------------------------------------------------------------------------- eval
   evaluator = evaluate.Evaluator(model, method, task, mesh)
 
-  def run_eval(step: int) -> dict:
+  def run_eval(state, step: int) -> dict:
     variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
     result = evaluator(variables, task.eval_batches(config, config.dataset.eval_split))
     scalars = {k: v for k, v in result.items() if k not in ("stats", "notes", "num_examples")}
@@ -159,17 +152,12 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
     return result
 
   # ---------------------------------------------------------------------------------------------- loop
-  log_every = max(config.train.log_every_steps, 1)
-  ckpt_every = config.train.checkpoint_every_steps
-  eval_every = int(round(config.train.eval_every_epochs * steps_per_epoch))
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer)
-  pending: list = []  # per-step metrics (device arrays) not yet fetched: no host sync between log steps
   last_train: dict = {}
-  last_eval, last_eval_step = None, -1
 
-  def flush(step: int) -> None:
+  def flush(state, step: int, pending: list) -> None:
     """Fetches the pending metrics, stops on a non-finite loss (naming its step), logs their means."""
-    nonlocal pending, last_train
+    nonlocal last_train
     if not pending:
       return
     fetched = jax.device_get(pending)
@@ -182,35 +170,17 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
     last_train = {f"train/{k}": float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
     writer.write_scalars(step, last_train)
     workdir_lib.write_run_file(workdir, config, clock.total())
-    pending = []
 
-  for step in range(start_step + 1, total_steps + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = mesh_lib.global_batch(next(train_iter), data_sharding)
-      shapes = tuple((k, v.shape, v.dtype) for k, v in sorted(batch.items()))
-      if shapes not in compiled_steps:
-        compiled_steps[shapes] = step_fn.lower(state, frozen, batch).compile()
-        if train_memory_bytes is None:
-          train_memory_bytes = measure.memory_stats(compiled_steps[shapes]).peak_bytes
-      state, metrics = compiled_steps[shapes](state, frozen, batch)
-    pending.append(metrics)
-    progress(step)
-    is_last = step == total_steps
-    do_ckpt = is_last or (ckpt_every > 0 and step % ckpt_every == 0)
-    do_eval = not is_last and eval_every > 0 and step % eval_every == 0
-    if do_ckpt or do_eval or step % log_every == 0:
-      flush(step)
-    if do_eval:
-      last_eval, last_eval_step = run_eval(step), step
-    if do_ckpt:
-      ckpts.save(state, train_iter)
-  flush(total_steps)
-  ckpts.wait_until_finished()
+  def one_step(state):
+    return step_fn(state, frozen, mesh_lib.global_batch(next(train_iter), data_sharding))
+
+  state, last_eval = driver.run_steps(
+      state, start_step=start_step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      train_config=config.train, step=one_step, flush=flush, evaluate=run_eval, ckpts=ckpts, data=train_iter,
+      progress=progress)
 
   # ---------------------------------------------------------------------------------------------- report
-  # The final model, never a test-selected epoch.
-  if last_eval_step != total_steps:
-    last_eval = run_eval(total_steps)
+  train_memory_bytes = step_fn.peak_bytes
   variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
   # Measured on one device: what one accelerator does at the stated batch size.
   local = jax.device_put(jax.device_get(variables), jax.local_devices()[0])

@@ -49,8 +49,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import evaluate, optim
-from vit_adapt.train import loop
+from vit_adapt.train import driver, evaluate, loop, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -351,23 +350,25 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
 
   # ---------------------------------------------------------------------------------------------- restore
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(pack_dir, "checkpoints"), keep=c0.train.keep_checkpoints)
-  restored = ckpts.restore_latest(pack, data)
-  if restored is not None:
-    pack = restored
-  start_step = int(jax.device_get(pack.step))
-  if start_step:
-    logging.info("Resuming the pack at step %d of %d", start_step, total_steps)
+  pack, start_step = driver.restore(ckpts, pack, data, total_steps, "pack")
 
-  step_fn = jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis),
-                    in_shardings=(pack_sh, repl if shared else runs_sh, batch_sh, runs_sh),
-                    out_shardings=(pack_sh, runs_sh), donate_argnums=0)
+  step_fn = driver.CompiledStep(jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis),
+                                       in_shardings=(pack_sh, repl if shared else runs_sh, batch_sh, runs_sh),
+                                       out_shardings=(pack_sh, runs_sh), donate_argnums=0))
   eval_fn = jax.jit(make_pack_eval_step(c0, method, task, frozen_axis),
                     in_shardings=(runs_sh, repl if shared else runs_sh, runs_sh, runs_sh,
                                   NamedSharding(mesh, P("data"))),
                     out_shardings=runs_sh)
   reported: set[int] = set()  # runs whose failure is already written
+  failed_at = np.asarray(jax.device_get(pack.failed_at))
 
-  def run_eval(step: int) -> list[dict]:
+  def _alive(step: int) -> list[int]:
+    return [i for i in range(k) if failed_at[i] == 0 or failed_at[i] > step]
+
+  def wall(i: int) -> float:  # the pack's time, shared equally by its runs
+    return previous[i] + (time.time() - start) / k
+
+  def run_eval(pack, step: int) -> list[dict]:
     totals: dict = {}
     for batch in task.eval_batches(c0, c0.dataset.eval_split):
       batch = mesh_lib.global_batch(batch, NamedSharding(mesh, P("data")))
@@ -383,27 +384,13 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
                  [round(float(r[task.primary_metric]), 4) for r in results])
     return results
 
-  failed_at = np.asarray(jax.device_get(pack.failed_at))
-
-  def _alive(step: int) -> list[int]:
-    return [i for i in range(k) if failed_at[i] == 0 or failed_at[i] > step]
-
-  def wall(i: int) -> float:  # the pack's time, shared equally by its runs
-    return previous[i] + (time.time() - start) / k
-
   # ---------------------------------------------------------------------------------------------- loop
-  log_every = max(c0.train.log_every_steps, 1)
-  ckpt_every = c0.train.checkpoint_every_steps
-  eval_every = int(round(c0.train.eval_every_epochs * steps_per_epoch))
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                              writer=metric_writers.MultiWriter(writers))
-  pending: list = []
   last_train: list[dict] = [{} for _ in range(k)]
-  last_eval, last_eval_step = None, -1
-  compiled = None
 
-  def flush(step: int) -> None:
-    nonlocal pending, failed_at
+  def flush(pack, step: int, pending: list) -> None:
+    nonlocal failed_at
     failed_at = np.asarray(jax.device_get(pack.failed_at))
     _report_failures(configs, workdirs, failed_at, reported)
     if not pending:
@@ -418,38 +405,32 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
       last_train[i] = {f"train/{key}": float(np.mean([r[key] for r in rows])) for key in rows[0]}
       writers[i].write_scalars(step, last_train[i])
       workdir_lib.write_run_file(workdirs[i], configs[i], wall(i))
-    pending = []
 
-  for step in range(start_step + 1, total_steps + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      host = next(data)
-      batch = mesh_lib.global_batch({key: np.stack([b[key] for b in host]) for key in host[0]}, batch_sh)
-      if compiled is None:
-        compiled = step_fn.lower(pack, frozen, batch, values).compile()
-      pack, metrics = compiled(pack, frozen, batch, values)
-    pending.append(metrics)
-    progress(step)
-    is_last = step == total_steps
-    do_ckpt = is_last or (ckpt_every > 0 and step % ckpt_every == 0)
-    do_eval = not is_last and eval_every > 0 and step % eval_every == 0
-    if do_ckpt or do_eval or step % log_every == 0:
-      flush(step)
-    if do_eval:
-      last_eval, last_eval_step = run_eval(step), step
-    if do_ckpt:
-      ckpts.save(pack, data)
-  flush(total_steps)
-  ckpts.wait_until_finished()
+  def next_batch():
+    host = next(data)
+    return mesh_lib.global_batch({key: np.stack([b[key] for b in host]) for key in host[0]}, batch_sh)
+
+  pack, last_eval = driver.run_steps(
+      pack, start_step=start_step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+      train_config=c0.train, step=lambda pack: step_fn(pack, frozen, next_batch(), values), flush=flush,
+      evaluate=run_eval, ckpts=ckpts, data=data, progress=progress)
 
   # ---------------------------------------------------------------------------------------------- report
-  if last_eval_step != total_steps:
-    last_eval = run_eval(total_steps)
+  if step_fn.peak_bytes is None:  # resumed after the last step: compiled (never run) for its memory analysis
+    step_fn.compiled(pack, frozen, next_batch(), values)
+  # The training memory reported per run is its share of the packed step's (per device, over the runs each device
+  # holds; a shared frozen backbone is split among them), read from the program the pack compiled anyway: a
+  # separate solo step compiled only to measure it cost ~20 s per pack on CPU. Results say so in
+  # `peak_train_memory_source`.
+  runs_per_device = k // mesh.shape["runs"]
+  memory = step_fn.peak_bytes // runs_per_device
+  memory_source = f"packed step / {runs_per_device} runs per device"
   failed_at = np.asarray(jax.device_get(pack.failed_at))
   _report_failures(configs, workdirs, failed_at, reported)
   runs = jax.device_get(pack.runs)
   frozen_host = jax.device_get(frozen)
   out: list[dict | None] = []
-  eff0, memory = None, None
+  eff0 = None
   for i, (c, w) in enumerate(zip(configs, workdirs)):
     if failed_at[i]:
       out.append(None)
@@ -460,15 +441,15 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
     variables = {"params": params_lib.merge_params(trainable, fz), **model_state}
     model, _ = methods.build_model(c)
     local = jax.device_put(variables, jax.local_devices()[0])
-    # The efficiency numbers do not depend on the values packed runs differ in: measured once (one run's
-    # training step at its batch size, its GMACs, its throughput); a method whose compute depends on the input
-    # (a `gmacs` statistic) gets its own report from its own statistics.
+    # The efficiency numbers do not depend on the values packed runs differ in: measured once (GMACs,
+    # throughput); a method whose compute depends on the input (a `gmacs` statistic) gets its own report from its
+    # own statistics.
     if eff0 is None or "gmacs" in last_eval[i]["stats"]:
-      memory = memory if eff0 is not None else train_state.train_step_memory(c, model, method, local, task)
       eff = efficiency.report(c, model, local, example_input=task.example_input, trainable=trainable,
                               eval_stats=last_eval[i]["stats"], train_memory_bytes=memory,
                               measure_throughput=c.efficiency.enabled and eff0 is None, per_image=task.efficiency)
-      eff = {**{key: v for key, v in (eff0 or {}).items() if key.startswith("throughput_")}, **eff}
+      eff = {**{key: v for key, v in (eff0 or {}).items() if key.startswith("throughput_")}, **eff,
+             "peak_train_memory_source": memory_source}
     else:
       eff = dict(eff0)
     eff0 = eff0 or eff
