@@ -107,3 +107,26 @@ def test_backend_checks_tiny(tmp_path):
   assert float(here) > 0 and here == on_cpu, row
   assert 0 < float(optimised.split()[0]) < float(here), row
   assert "argmax agreement" in text
+
+
+@pytest.mark.slow
+def test_bench_segmentation_tiny():
+  import bench_segmentation
+  text = bench_segmentation.main(["--variant=Ti/16", "--image_size=64", "--depth=4", "--rounds=1",
+                                  "--head_channels=16", "--modes=capacity,threshold"])
+  rows = {name: r[0] for name, r in _rows(text).items()}
+  assert list(rows) == ["backbone", "dense ViT", "DyT capacity", "DyT threshold"], list(rows)
+  dense = rows["dense ViT"]
+  assert dense[1] == "1.000" and dense[-1] == "-" and dense[6] == "1.00x (1.00x)", dense
+  head = float(dense[3])
+  for name in ("DyT capacity", "DyT threshold"):
+    row = rows[name]
+    assert abs(float(row[1]) - 0.5) < 0.05, row  # routers calibrated to half the patch tokens
+    # DyT's backbone does fewer multiply-adds than the dense one; the head is the same program for both.
+    ratio = float(row[2]) / float(dense[2])
+    assert 0.5 < ratio < 1.0, row
+    assert float(row[3]) == head and head > 0, row
+    assert row[4] == f"{head / (head + float(row[2])):.0%}", row
+    assert NUMBER_CELL.match(row[5]) and re.match(r"^\d+\.\d\dx \(\d+\.\d\dx\)$", row[6]), row
+    assert re.match(r"^\d+\.\d\dx (met|NOT met)$", row[7]), row
+  assert rows["DyT capacity"][1] == "0.500"  # top-k: exactly k of the 16 patch tokens

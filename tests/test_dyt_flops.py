@@ -65,3 +65,15 @@ def test_compiled_capacity_program_matches_paper_count():
   params = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 224, 224, 3))))
   gmacs = efficiency_lib.lowered_gmacs(lambda v, im: model.apply(v, im)[0], params, x)
   assert gmacs == pytest.approx(float(model.gmacs(jnp.full((1, 12), 99))[0]), rel=1e-6), gmacs
+
+
+def test_traced_count_at_512px_does_not_overflow():
+  # ViT-B/16 at 512 px: 1025 tokens, 4.1 G multiply-adds of attention per block, beyond a Python int JAX takes
+  # as a constant of a traced computation (the segmentation recipe's DyT backbone).
+  kw = dict(B16, num_tokens=1025)
+  for dispatch in ("mlp", "attention", "attention_mlp", "layer"):
+    traced = jax.jit(lambda t, d=dispatch: dyt_flops.block_macs(t, dispatch=d, bottleneck=64, **kw))(
+        jnp.array([1025.0, 513.0]))
+    exact = [dyt_flops.block_macs(t, dispatch=dispatch, bottleneck=64, **kw) for t in (1025, 513)]
+    np.testing.assert_allclose(np.asarray(traced, np.float64), exact, rtol=1e-6)
+  assert dyt_flops.block_macs(1025, dispatch="mlp", bottleneck=64, **kw) > 2 ** 32  # ints stay exact ints

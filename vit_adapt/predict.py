@@ -3,6 +3,8 @@ r"""Batch inference with a vit_adapt model directory (from `convert`, or a train
   python -m vit_adapt.predict --checkpoint=runs/dyt_dtd --images='photos/*.jpg' --output=preds.jsonl
   python -m vit_adapt.predict --checkpoint=models/ti_dtd --array=images.npy --logits=logits.npy
   python -m vit_adapt.predict --checkpoint=runs/dyt_video/k400 --videos='clips/*.mp4'   (a video model)
+  python -m vit_adapt.predict --checkpoint=runs/dyt_ade20k --images=photos/ --masks=masks/ [--overlay]
+                                                                                   (a segmentation model)
 
 `--images` takes a folder or a glob; files are decoded and resized (bicubic) to the model's resolution, and
 files that are not images are skipped with a warning. `--array` takes a uint8 (N, H, W, 3) `.npy` already at the
@@ -12,6 +14,12 @@ exits as the method does them) in batches padded to one static shape, so it comp
 
 Output: one JSON line per image, {"index", "path", "top_classes", "top_probs"} (top 5), to `--output` or
 stdout; `--logits` also saves the raw (N, num_classes) float32 logits.
+
+A segmentation model (`config.model.head='upernet'`) writes masks instead: `--masks=DIR` gets `<name>.png` per
+image, at the image's size, a palette PNG whose pixel values are the class ids (the dataset's palette: ADE20K's
+150 colours, the demo's), made by the task's evaluation path (its resize, sliding windows and overlap averaging:
+vit_adapt/tasks/segmentation_predict.py); `--overlay` adds `<name>_overlay.png`, the image blended with the mask's
+colours. The JSON lines then read {"index", "path", "mask", "overlay"}.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Iterator
 
 import numpy as np
 from absl import flags, logging
+from PIL import Image
 
 from vit_adapt import cli
 from vit_adapt.errors import UserError
@@ -41,8 +50,11 @@ def define_flags():
                       "is read as the config's test views and their logits averaged.")
   flags.DEFINE_string("output", None, "Where to write the JSON lines (default: stdout).")
   flags.DEFINE_string("logits", None, "Optional .npy path for the raw logits (N, num_classes).")
-  flags.DEFINE_integer("batch_size", 64, "Images per forward pass (the last batch is padded).")
+  flags.DEFINE_integer("batch_size", 64, "Images per forward pass (the last batch is padded); with --masks, "
+                       "canvases per pass, by default the config's eval.batch_size.")
   flags.DEFINE_integer("top_k", 5, "How many classes each output line lists.")
+  flags.DEFINE_string("masks", None, "A segmentation model: the folder for the PNG masks (<name>.png per image).")
+  flags.DEFINE_bool("overlay", False, "With --masks: also write <name>_overlay.png, the image blended with its mask.")
 
 
 def list_image_files(spec: str) -> list[str]:
@@ -59,8 +71,9 @@ def list_image_files(spec: str) -> list[str]:
   return paths
 
 
-def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray]]:
-  """Yields (path, uint8 (size, size, 3)); files that are not decodable images are skipped with a warning."""
+def decode_images(paths: list[str], size: int | None) -> Iterator[tuple[str, np.ndarray]]:
+  """Yields (path, uint8 (size, size, 3), or the image's own size for size=None); files that are not decodable
+  images are skipped with a warning."""
   from vit_adapt.data import images
   for path in paths:
     try:
@@ -70,7 +83,7 @@ def decode_images(paths: list[str], size: int) -> Iterator[tuple[str, np.ndarray
     except Exception as e:  # PIL raises UnidentifiedImageError/OSError/ValueError on non-images
       logging.warning("skipping %s: not a readable image (%s)", path, type(e).__name__)
       continue
-    yield path, images.resize(img, size)
+    yield path, img if size is None else images.resize(img, size)
 
 
 def load_array(path: str, size: int, frames: int = 0) -> np.ndarray:
@@ -160,6 +173,9 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
     raise UserError(f"--batch_size={batch_size} must be positive.")
   from vit_adapt import methods  # after flag parsing: keeps `--help` fast
   config, model, _, variables = methods.load_model_dir(checkpoint)
+  if config.model.get("head", "linear") != "linear":
+    raise UserError(f"{checkpoint} holds a segmentation model: pass --images=FOLDER_OR_GLOB with --masks=DIR (PNG "
+                    "masks per image) instead.")
   size = config.model.image_size
   is_video = methods.build.video_kind(config) != "none"
   if (videos or images) and bool(videos) != is_video:
@@ -198,6 +214,45 @@ def predict(checkpoint: str, *, images: str | None = None, array: str | None = N
   return records, logits
 
 
+def predict_masks(checkpoint: str, *, images: str, masks: str, overlay: bool = False,
+                  batch_size: int | None = None) -> list[dict]:
+  """A segmentation model: images -> `masks`/<name>.png (and <name>_overlay.png); -> one record per image.
+  `batch_size`: canvases per forward, by default the config's evaluation batch (a canvas holds several windows
+  and C logits per pixel: the classifier's 64 would not fit in memory at 512 px)."""
+  if not images:
+    raise UserError("--masks needs --images=FOLDER_OR_GLOB (a segmentation model predicts image files).")
+  if batch_size is not None and batch_size < 1:
+    raise UserError(f"--batch_size={batch_size} must be positive.")
+  if not os.path.isdir(masks):
+    raise UserError(f"--masks={masks} is not a folder. Create it first (mkdir -p) or write somewhere else.")
+  paths = list_image_files(images)
+  stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+  clash = sorted({s for s in stems if stems.count(s) > 1})
+  if clash:
+    raise UserError(f"--images={images}: several files are named {clash[0]!r} (up to the extension); their masks "
+                    "would overwrite each other. Rename them or predict them separately.")
+  from vit_adapt import methods  # after flag parsing: keeps `--help` fast
+  from vit_adapt.tasks import segmentation_predict
+  config, model, _, variables = methods.load_model_dir(checkpoint)
+  if config.model.get("head", "linear") == "linear":
+    raise UserError(f"--masks needs a segmentation model; {checkpoint} holds a classifier (drop --masks).")
+  batch_size = batch_size or int(config.eval.batch_size)
+  predictor = segmentation_predict.MaskPredictor(config, model, variables, min(batch_size, len(paths)))
+  colours = segmentation_predict.palette(config)
+  records = []
+  for path, image, mask in predictor.masks(decode_images(paths, None)):
+    stem = os.path.join(masks, os.path.splitext(os.path.basename(path))[0])
+    segmentation_predict.mask_png(mask, colours).save(stem + ".png")
+    record = {"index": len(records), "path": path, "mask": stem + ".png", "overlay": None}
+    if overlay:
+      Image.fromarray(segmentation_predict.overlay(image, mask, colours)).save(stem + "_overlay.png")
+      record["overlay"] = stem + "_overlay.png"
+    records.append(record)
+  if not records:
+    raise UserError(f"--images={images}: none of the files is a readable image.")
+  return records
+
+
 def _class_names(config) -> tuple:
   """The dataset's class names when its task knows them and they are available (else ())."""
   from vit_adapt import tasks
@@ -224,6 +279,15 @@ def check_writable(path: str, flag: str) -> None:
                     "Write somewhere else.")
 
 
+def _write_lines(records: list[dict], output: str | None) -> None:
+  lines = "".join(json.dumps(r) + "\n" for r in records)
+  if output:
+    with open(output, "w") as f:
+      f.write(lines)
+  else:
+    sys.stdout.write(lines)
+
+
 def main(argv):
   if len(argv) > 1:
     raise UserError(f"unexpected arguments {argv[1:]}")
@@ -232,14 +296,17 @@ def main(argv):
   for flag in ("output", "logits"):
     if getattr(FLAGS, flag):
       check_writable(getattr(FLAGS, flag), flag)
+  if FLAGS.masks:
+    records = predict_masks(FLAGS.checkpoint, images=FLAGS.images, masks=FLAGS.masks, overlay=FLAGS.overlay,
+                            batch_size=FLAGS.batch_size if FLAGS["batch_size"].present else None)
+    _write_lines(records, FLAGS.output)
+    print(f"wrote {len(records)} masks to {FLAGS.masks}", file=sys.stderr)
+    return
+  if FLAGS.overlay:
+    raise UserError("--overlay goes with --masks=DIR (a segmentation model).")
   records, logits = predict(FLAGS.checkpoint, images=FLAGS.images, array=FLAGS.array, videos=FLAGS.videos,
                             batch_size=FLAGS.batch_size, k=FLAGS.top_k)
-  lines = "".join(json.dumps(r) + "\n" for r in records)
-  if FLAGS.output:
-    with open(FLAGS.output, "w") as f:
-      f.write(lines)
-  else:
-    sys.stdout.write(lines)
+  _write_lines(records, FLAGS.output)
   if FLAGS.logits:
     np.save(FLAGS.logits, logits)
   print(f"predicted {len(records)} images", file=sys.stderr)

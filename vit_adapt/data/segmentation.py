@@ -221,15 +221,18 @@ class EvalTransform:
   size: tuple[int, int]
   normalization: str
 
+  def resized(self, h: int, w: int) -> tuple[int, int]:
+    """The size an (h, w) image takes on the canvas (its top-left corner; the rest is padding)."""
+    h, w = rescale_size(h, w, *self.scale)
+    shrink = min(1.0, self.size[0] / h, self.size[1] / w)
+    return min(int(h * shrink + 0.5), self.size[0]), min(int(w * shrink + 0.5), self.size[1])
+
   def __call__(self, record: dict) -> dict:
     if record.get("padding"):
       return {"image": np.zeros((*self.size, 3), np.float32), "label": np.full(self.size, IGNORE, np.int32),
               "mask": np.False_}
     image, label = load_pair(record, self.task)
-    h, w = rescale_size(*label.shape, *self.scale)
-    shrink = min(1.0, self.size[0] / h, self.size[1] / w)
-    h, w = min(int(h * shrink + 0.5), self.size[0]), min(int(w * shrink + 0.5), self.size[1])
-    image, label = resize_pair(image, label, (h, w))
+    image, label = resize_pair(image, label, self.resized(*label.shape))
     image, label = pad_pair(images.normalize(image, self.normalization), label, self.size)
     return {"image": image, "label": label.astype(np.int32), "mask": np.True_}
 
@@ -261,6 +264,11 @@ class _Padded:
     return self._source[self._indices[i]] if i < len(self._indices) else {"padding": True}
 
 
+def eval_transform(config: ml_collections.ConfigDict, task: datasets.Dataset) -> EvalTransform:
+  scale, size = scales(config)
+  return EvalTransform(task, scale, size, config.dataset.normalization)
+
+
 def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *, batch_size: int | None = None,
                  process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
   pi, pc = pipeline._process(process_index, process_count)
@@ -268,8 +276,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
   batch = pipeline._per_host(int(batch_size or config.eval.batch_size), pc, "config.eval.batch_size")
   num_batches = math.ceil(math.ceil(len(source) / pc) / batch)
   padded = _Padded(source, range(pi, len(source), pc), num_batches * batch)
-  scale, size = scales(config)
-  ds = grain.MapDataset.source(padded).map(EvalTransform(task, scale, size, config.dataset.normalization))
+  ds = grain.MapDataset.source(padded).map(eval_transform(config, task))
   return ds.to_iter_dataset(pipeline._read_options(config, batch)).batch(batch)
 
 

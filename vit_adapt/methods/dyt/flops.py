@@ -33,6 +33,10 @@ def block_macs(t, *, dispatch: str, width: int, mlp_dim: int, num_tokens: int, b
   `router`: the block's token router (D -> 1 on every patch token); False for a plain ViT block.
   """
   d, n = width, num_tokens
+  if not isinstance(t, int):
+    # Traced counts: Python floats, since JAX refuses a Python int constant beyond int32 (ViT-B/16 at 512 px
+    # has 4.1 G of attention per block) while a float constant becomes the array's float32.
+    d, n = float(width), float(num_tokens)
   adapter = n * 2 * d * bottleneck + ((n - 1) * d if router else 0)
   if num_experts > 1:  # the gate on the mean token, then the experts' weights and biases mixed per image
     adapter += num_experts * (d + 2 * d * bottleneck + bottleneck + d)
