@@ -333,6 +333,6 @@ def test_skipped_training_videos_in_results_json_and_resume(k400_with_bad_train_
   os.remove(os.path.join(workdir, "results.json"))
   caplog.set_level("INFO")
   resumed = train.train_and_evaluate(c, workdir)
-  assert "Resuming at step 3 of 6" in caplog.text
+  assert "Resuming the run at step 3 of 6" in caplog.text
   assert resumed["num_skipped_train_videos"] == expected
   assert resumed["skipped_videos"] == on_disk["skipped_videos"]
