@@ -150,8 +150,9 @@ class _LazyCache:
     return record
 
 
-class _PaddedShard:
-  """One host's share of an eval split, padded with placeholder records to a multiple of the batch size."""
+class PaddedShard:
+  """One host's share of an eval split, padded with placeholder records to a multiple of the batch size
+  (`{'padding': True}`; the image, video and segmentation evaluations all read their splits through it)."""
 
   def __init__(self, source, indices: range, length: int):
     self._source, self._indices, self._length = source, indices, length
@@ -195,7 +196,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
   batch = _per_host(int(batch_size or config.eval.batch_size), pc, "eval batch size (config.eval.batch_size)")
   per_host = math.ceil(len(source) / pc)
   num_batches = math.ceil(per_host / batch)
-  padded = _PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
+  padded = PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
   record = _EvalRecord(transforms.Load(sources.num_classes(config, task), task.channel_fix),
                        transforms.EvalTransform(int(config.model.image_size), config.dataset.augment),
                        transforms.Normalize(config.dataset.normalization))

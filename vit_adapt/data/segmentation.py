@@ -253,17 +253,6 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
   return iter(pipeline.batched(ds, config, batch))
 
 
-class _Padded:
-  def __init__(self, source, indices: range, length: int):
-    self._source, self._indices, self._length = source, indices, length
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, i: int) -> dict:
-    return self._source[self._indices[i]] if i < len(self._indices) else {"padding": True}
-
-
 def eval_transform(config: ml_collections.ConfigDict, task: datasets.Dataset) -> EvalTransform:
   scale, size = scales(config)
   return EvalTransform(task, scale, size, config.dataset.normalization)
@@ -275,7 +264,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
   task, source = open_source(config, split or config.dataset.eval_split)
   batch = pipeline._per_host(int(batch_size or config.eval.batch_size), pc, "config.eval.batch_size")
   num_batches = math.ceil(math.ceil(len(source) / pc) / batch)
-  padded = _Padded(source, range(pi, len(source), pc), num_batches * batch)
+  padded = pipeline.PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
   ds = grain.MapDataset.source(padded).map(eval_transform(config, task))
   return ds.to_iter_dataset(pipeline._read_options(config, batch)).batch(batch)
 

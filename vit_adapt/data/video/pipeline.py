@@ -240,17 +240,6 @@ def train_iterator(config: ml_collections.ConfigDict, *, seed: int, process_inde
   return skips.SkipTally(iter(_with_workers(ds, config)), config.dataset.split)
 
 
-class _PaddedShard:
-  def __init__(self, source, indices: range, length: int):
-    self._source, self._indices, self._length = source, indices, length
-
-  def __len__(self) -> int:
-    return self._length
-
-  def __getitem__(self, i: int) -> dict:
-    return self._source[self._indices[i]] if i < len(self._indices) else {"padding": True}
-
-
 def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *, batch_size: int | None = None,
                  process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
   _check(config)
@@ -260,7 +249,7 @@ def eval_batches(config: ml_collections.ConfigDict, split: str | None = None, *,
   batch = image_pipeline._per_host(int(batch_size or config.eval.batch_size), pc,
                                    "eval batch size (config.eval.batch_size)")
   num_batches = math.ceil(math.ceil(len(source) / pc) / batch)
-  padded = _PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
+  padded = image_pipeline.PaddedShard(source, range(pi, len(source), pc), num_batches * batch)
   ds = grain.MapDataset.source(padded).map(test_views(config, _num_classes(config, task)))
   ds = ds.map(Normalize(config.dataset.normalization))
   return _with_workers(ds.to_iter_dataset(image_pipeline._read_options(config, batch)).batch(batch), config)
