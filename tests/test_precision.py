@@ -52,6 +52,49 @@ def test_fused_attention_equals_the_explicit_path_in_float32():
   assert jnp.array_equal(out, explicit) and jnp.array_equal(p, probs)
 
 
+@pytest.mark.parametrize("b,nq,nk,heads", [(2, 17, 17, 3), (3, 5, 11, 2), (1, 40, 40, 4)])
+def test_cpu_attention_in_groups_equals_the_ungrouped_op(b, nq, nk, heads, monkeypatch):
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (b, n, heads, 8)) for i, n in enumerate((nq, nk, nk)))
+  reference = jax.nn.dot_product_attention(q, k, v, implementation="xla")
+  pairs, logits = b * heads, nq * nk * 4
+  groups_seen = []
+  real_map = jax.lax.map
+
+  def counting_map(f, xs):
+    groups_seen.append(jax.tree.leaves(xs)[0].shape[:2])
+    return real_map(f, xs)
+
+  monkeypatch.setattr(jax.lax, "map", counting_map)
+  for budget, groups in ((pairs * logits, None), (logits, pairs), (2 * logits, None), (1, pairs)):
+    groups_seen.clear()
+    out = jax.jit(lambda q, k, v: vit.cpu_attention(q, k, v, budget))(q, k, v)
+    assert out.shape == reference.shape
+    assert jnp.abs(out - reference).max() < 1e-6, budget  # each (image, head) pair's softmax is its own
+    if budget >= pairs * logits:
+      assert groups_seen == []  # everything fits: one group, no loop
+    else:
+      (count, size), = groups_seen
+      assert count * size == pairs and size * logits <= max(budget, logits)
+      assert groups is None or count == groups
+  # The model's attention takes this path on the CPU, and `xla_attention` (the GMACs count) keeps the plain op.
+  groups_seen.clear()
+  jax.jit(lambda q, k, v: vit.fused_attention(q, k, v)).lower(q, k, v)
+  with vit.xla_attention():
+    monkeypatch.setattr(vit, "CPU_ATTENTION_GROUP_BYTES", 1)
+    jax.jit(lambda q, k, v: vit.fused_attention(q, k, v)).lower(q, k, v)
+  assert groups_seen == []
+
+
+def test_grouped_cpu_attention_has_the_gradients_of_the_plain_op():
+  q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 9, 3, 8)) for i in range(3))
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))  # noqa: E731
+  plain = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")),
+                   argnums=(0, 1, 2))(q, k, v)
+  grouped = jax.grad(loss(lambda q, k, v: vit.cpu_attention(q, k, v, 9 * 9 * 4)), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(plain, grouped):
+    assert jnp.abs(a - b).max() < 1e-6
+
+
 def test_a_whole_model_and_its_gmacs_are_unchanged_by_the_fused_path(tiny_config, monkeypatch):
   from vit_adapt.efficiency import measure
   config = tiny_config("lora")

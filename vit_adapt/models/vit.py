@@ -166,7 +166,44 @@ def fused_attention(q, k, v):
       return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
     except (NotImplementedError, RuntimeError, ValueError, TypeError):  # no cuDNN flash attention here
       pass
+  if jax.default_backend() == "cpu" and not getattr(_XLA_ONLY, "on", False):
+    return cpu_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, implementation="xla")
+
+
+# XLA's CPU attention materialises the logits of every (image, head) at once: at ViT-B/16 512 px (1,025 tokens) that
+# is 48 MiB per image, written by one dot, read and rewritten by the softmax and read again by the second dot, each
+# pass from memory. Run in groups of (image, head) pairs whose logits fit in the cache, the same ops take about half
+# the time there and ~7 % less at 224 px, batch 8 (96 pairs x 197^2, 15 MiB: two groups of 48), with identical
+# results (each pair's softmax is its own). experiments/profile_cpu.py's notes; measured on the project's 2-core
+# CPU (1 MiB L2 per core, 32 MiB L3): groups of 2-8 MiB of logits were the fastest, 8 MiB is the budget.
+CPU_ATTENTION_GROUP_BYTES = 8 << 20
+
+
+def _attention_core(q, k, v):
+  """(G, Nq, dh), (G, Nk, dh) -> (G, Nq, dh): the XLA formulation of `jax.nn.dot_product_attention` (logits and
+  softmax in float32, scaled after the dot)."""
+  logits = jnp.einsum("gqd,gkd->gqk", q, k, preferred_element_type=jnp.float32)
+  logits = logits * jnp.float32(q.shape[-1] ** -0.5)
+  probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+  return jnp.einsum("gqk,gkd->gqd", probs, v)
+
+
+def cpu_attention(q, k, v, group_bytes: int = CPU_ATTENTION_GROUP_BYTES):
+  """`fused_attention` on the CPU: (image, head) pairs in groups of at most `group_bytes` of logits, one group at
+  a time (`lax.map`); one group (no loop) when everything fits. Same values as the ungrouped program."""
+  b, nq, h, dh = q.shape
+  nk = k.shape[1]
+  pairs = b * h
+  fit = max(1, group_bytes // (nq * nk * 4))
+  group = max(g for g in range(1, min(fit, pairs) + 1) if pairs % g == 0)  # equal groups: no padding
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2).reshape(pairs // group, group, x.shape[1], dh)  # noqa: E731
+  qg, kg, vg = heads_first(q), heads_first(k), heads_first(v)
+  if group == pairs:
+    out = _attention_core(qg[0], kg[0], vg[0])[None]
+  else:
+    out = jax.lax.map(lambda a: _attention_core(*a), (qg, kg, vg))
+  return jnp.swapaxes(out.reshape(b, h, nq, dh), 1, 2)
 
 
 class Attention(nn.Module):
