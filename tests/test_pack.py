@@ -56,6 +56,21 @@ def test_pack_key_ignores_exactly_the_free_fields():
     packed.check_pack([base, tiny(method_fields=dict(bottleneck=16))])
 
 
+@pytest.mark.parametrize("threads, runs, expected", [(8, 8, 0), (8, 4, 2), (8, 5, 0), (16, 2, 8), (0, 1, 0)])
+def test_packed_runs_share_the_read_threads_and_read_the_same_batches(threads, runs, expected):
+  from vit_adapt import tasks
+  c = tiny()
+  c.dataset.num_threads = threads
+  reading = packed._reading_config(c, runs)
+  assert reading.dataset.num_threads == expected and c.dataset.num_threads == threads  # the run's own untouched
+  assert reading.to_dict() == {**c.to_dict(), "dataset": {**c.dataset.to_dict(), "num_threads": expected}}
+  task = tasks.for_config(c)
+  alone, in_pack = task.train_iterator(c, seed=3), task.train_iterator(reading, seed=3)
+  for _ in range(4):
+    a, b = next(alone), next(in_pack)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_sweep_groups_packable_runs_into_packs_of_at_most_k(tmp_path):
   runs = plan.make_runs(["configs/adapter_vtab.py:demo"], "",
                         "method.bottleneck=[8,16];seed=[0,1,2];optim.lr=[1e-3,3e-3]", "")
