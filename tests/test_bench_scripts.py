@@ -130,3 +130,17 @@ def test_bench_segmentation_tiny():
     assert NUMBER_CELL.match(row[5]) and re.match(r"^\d+\.\d\dx \(\d+\.\d\dx\)$", row[6]), row
     assert re.match(r"^\d+\.\d\dx (met|NOT met)$", row[7]), row
   assert rows["DyT capacity"][1] == "0.500"  # top-k: exactly k of the 16 patch tokens
+
+
+def test_bench_dyt_bound_times_the_parts_it_names():
+  import bench_dyt_bound
+  text = bench_dyt_bound.main(["--variant=Ti/16", "--image_size=64", "--batch=8", "--rounds=1"])
+  rows = {name: r[0] for name, r in _rows(text).items()}
+  assert list(rows) == ["part", "attention branch", "MLP, every row", "MLP, active rows", "router + adapter"]
+  b, n, d, f, active = 8, 17, 192, 768, 8 * (1 + 8)  # per image: the class token + half of the 16 patches
+  expected = {"attention branch": 4 * b * n * d * d + 2 * b * n * n * d, "MLP, every row": 2 * b * n * d * f,
+              "MLP, active rows": 2 * active * d * f, "router + adapter": b * n * d + 2 * b * n * d * 64}
+  for name, macs in expected.items():
+    assert float(rows[name][1]) == pytest.approx(macs / 1e9, rel=0.01), (name, rows[name])  # + LayerNorm
+    assert re.match(r"^\d+\.\d\d \(\d+\.\d\d\)$", rows[name][2]), rows[name]
+  assert "bound on DyT's speed-up with a free dispatch" in text
