@@ -95,6 +95,10 @@ def main(argv=None) -> str:
   lines += ["", f"GMACs ratio of the block (dense / DyT): {ratio:.3f} (0.9 x = {0.9 * ratio:.3f})",
             f"bound on DyT's speed-up with a free dispatch: {bound(best):.3f} best, {bound(med):.3f} median "
             f"({bound(best) / ratio:.2f} of the GMACs ratio)"]
+  # What the attention's kernels cost the bound: the same with the attention branch at the MLP's time per GMAC.
+  at_mlp_rate = dict(best, **{"attention branch": gmacs["attention branch"] * best["MLP, every row"]
+                              / gmacs["MLP, every row"]})
+  lines.append(f"the same with the attention branch at the MLP's ms per GMAC: {bound(at_mlp_rate):.3f}")
   text = "\n".join(lines)
   print("\n" + text)
   return text

@@ -144,3 +144,16 @@ def test_bench_dyt_bound_times_the_parts_it_names():
     assert float(rows[name][1]) == pytest.approx(macs / 1e9, rel=0.01), (name, rows[name])  # + LayerNorm
     assert re.match(r"^\d+\.\d\d \(\d+\.\d\d\)$", rows[name][2]), rows[name]
   assert "bound on DyT's speed-up with a free dispatch" in text
+
+
+def test_bench_pack_step_times_the_programs_the_trainers_compiled():
+  import bench_pack_step
+  text = bench_pack_step.main(["--runs=2", "--rounds=1", "--set=model.image_size=8"])
+  rows = {name: r[0] for name, r in _rows(text).items()}
+  assert list(rows) == ["program", "one run (the trainer's step)", "pack of 2 runs (one step)"]
+  for row in list(rows.values())[1:]:
+    assert all(re.match(r"^\d+\.\d \(\d+\.\d\)$", cell) for cell in row[1:]), row
+  pack_ms = float(rows["pack of 2 runs (one step)"][1].split()[0])
+  per_run = float(rows["pack of 2 runs (one step)"][2].split()[0])
+  assert per_run == pytest.approx(pack_ms / 2, abs=0.06)
+  assert re.search(r"a pack step costs \d+\.\d\d solo steps", text)
