@@ -157,3 +157,13 @@ def test_bench_pack_step_times_the_programs_the_trainers_compiled():
   per_run = float(rows["pack of 2 runs (one step)"][2].split()[0])
   assert per_run == pytest.approx(pack_ms / 2, abs=0.06)
   assert re.search(r"a pack step costs \d+\.\d\d solo steps", text)
+
+
+def test_bench_cpu_attention_compares_group_budgets_with_the_ungrouped_op():
+  import bench_cpu_attention
+  text = bench_cpu_attention.main(["--shapes=2x17", "--budgets_mib=0,0.001", "--heads=3", "--head_dim=8",
+                                   "--rounds=1"])
+  rows = [r for name, rs in _rows(text).items() if name != "images x tokens" for r in rs]
+  assert [r[1:3] for r in rows] == [["0 (ungrouped)", "6"], ["0.001", "1"]]  # 1 KiB < one pair's 17x17 logits
+  for r in rows:
+    assert float(r[5]) < 1e-6, r  # the same values as the ungrouped op

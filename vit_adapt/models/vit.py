@@ -173,10 +173,10 @@ def fused_attention(q, k, v):
 
 # XLA's CPU attention materialises the logits of every (image, head) at once: at ViT-B/16 512 px (1,025 tokens) that
 # is 48 MiB per image, written by one dot, read and rewritten by the softmax and read again by the second dot, each
-# pass from memory. Run in groups of (image, head) pairs whose logits fit in the cache, the same ops take about half
-# the time there and ~7 % less at 224 px, batch 8 (96 pairs x 197^2, 15 MiB: two groups of 48), with identical
-# results (each pair's softmax is its own). experiments/profile_cpu.py's notes; measured on the project's 2-core
-# CPU (1 MiB L2 per core, 32 MiB L3): groups of 2-8 MiB of logits were the fastest, 8 MiB is the budget.
+# pass from memory. Run in groups of (image, head) pairs whose logits fit in the cache, the same ops give the same
+# values in about half the time there (experiments/bench_cpu_attention.py on the project's 2-core CPU, 1 MiB L2 per
+# core, 32 MiB L3: 1.96x at 1 x 1,025 tokens, 1.51x best / 1.10x median at 8 x 197; budgets of 2-8 MiB were the
+# fastest, larger ones lose it). The dense 512 px backbone went from 0.65 to 0.81 images/s.
 CPU_ATTENTION_GROUP_BYTES = 8 << 20
 
 
