@@ -199,11 +199,11 @@ class SparseTuningBlock(vit.Encoder1DBlock):
 
   def attend_and_select(self, x, deterministic: bool = True):
     """x + Attn(LN0(x)), then the token selection. -> (x, Selection or None)."""
+    k = keep_count(self.keep_rate, x.shape[1] - self.prefix)
+    if k is None:  # a block that keeps every token needs no probabilities: the fused attention op
+      return self.residual(x, self.attention_branch(x, deterministic), deterministic), None
     y, probs = self.attention_branch(x, deterministic, return_probs=True)
     x = self.residual(x, y, deterministic)
-    k = keep_count(self.keep_rate, x.shape[1] - self.prefix)
-    if k is None:
-      return x, None
     scores = TOKEN_SCORES[self.token_score](probs.astype(jnp.float32), self.prefix)
     sel = select_tokens(scores, k, self.fuse_token, self.prefix)
     return apply_selection(sel, x), sel
