@@ -214,7 +214,7 @@ def micro_timers(s: Setup) -> list[tuple[str, timing.Timer, timing.Timer, float]
   k = jax.random.split(jax.random.PRNGKey(0), 3)
   a, b = jax.random.normal(k[0], (1576, 768)), jax.random.normal(k[1], (768, 3072))
   g = jax.random.normal(k[2], (8, 197, 3072))
-  q = kk = v = jax.random.normal(k[0], (8, 12, 197, 64))
+  q = jax.random.normal(k[0], (8, 12, 197, 64))
   # Ours: the op the model's attention runs (vit.fused_attention, which takes and returns tokens-major (B, N, H,
   # dh); the layout change is part of the op). Theirs: the (B, H, N, dh) matmul-softmax-matmul of timm's block.
   q_tokens = jnp.swapaxes(q, 1, 2)
