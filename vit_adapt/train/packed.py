@@ -18,7 +18,8 @@ weights are equal (a pre-trained `model.init`); a random backbone drawn from eac
 per run and is stacked like the trainable trees.
 
 Each run writes the trainer's workdir (`config.json`, `metrics.jsonl`, TensorBoard events, `run.json`, `model/`,
-`results.json` with a `pack` entry) with the numbers it would have had alone (tests/test_pack.py). Faults stay per
+`results.json` with a `pack` entry) with the numbers it would have had alone up to float rounding (within 1e-5
+over short runs, tests/test_pack.py; long runs drift by rounding, docs/sweeps.md). Faults stay per
 run: a run whose loss (or state) turns non-finite keeps its last finite state, stops, and gets
 `WORKDIR/error.json` saying why instead of results; the others go on. The pack checkpoints its stacked state and
 every run's data iterator together under `pack_dir/checkpoints`, so a killed pack resumes exactly.
