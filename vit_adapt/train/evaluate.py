@@ -67,20 +67,24 @@ def summarize(task, totals: dict, notes: dict | None = None) -> dict:
 
 
 class Evaluator:
-  """Compiles the eval step once for the mesh and runs it over an iterable of host-local batches."""
+  """Compiles the eval step once for the mesh and runs it over an iterable of host-local batches.
 
-  def __init__(self, model, method, task, mesh):
+  `step(inputs, batch) -> sums` (default: `make_eval_step(model, method, task)`, whose `inputs` are the model's
+  variables) replaces the step; `inputs` (any tree, replicated) is what `__call__` is given first.
+  """
+
+  def __init__(self, model, method, task, mesh, *, step: Callable | None = None):
     self._task = task
     self._data = mesh_lib.batch_sharded(mesh)
     repl = mesh_lib.replicated(mesh)
-    self._step = jax.jit(make_eval_step(model, method, task), in_shardings=(repl, self._data),
+    self._step = jax.jit(step or make_eval_step(model, method, task), in_shardings=(repl, self._data),
                          out_shardings=repl)
 
-  def __call__(self, variables, batches: Iterable[dict]) -> dict:
+  def __call__(self, inputs, batches: Iterable[dict]) -> dict:
     totals: dict[str, np.ndarray] = {}
     notes: dict[str, list] = {}
     for batch in batches:
       collect_notes(notes, batch)
-      sums = self._step(variables, mesh_lib.global_batch(batch, self._data))
+      sums = self._step(inputs, mesh_lib.global_batch(batch, self._data))
       accumulate(totals, jax.device_get(sums))
     return summarize(self._task, totals, notes)

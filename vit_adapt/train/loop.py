@@ -23,7 +23,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import driver, evaluate, optim
+from vit_adapt.train import driver, evaluate, hparams, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -120,7 +120,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   parameter_overview.log_parameter_overview(trainable, msg=f"Trainable parameters of {method.name!r}")
 
   # ---------------------------------------------------------------------------------------------- optimizer
-  tx, schedule = optim.make_optimizer(config.optim, trainable, total_steps, warmup_steps)
+  tx, _ = optim.make_optimizer(config.optim, trainable, total_steps, warmup_steps)  # the state's structure
   state = mesh_lib.replicate(train_state.create(trainable, model_state, tx, config.seed), repl)
   frozen = mesh_lib.replicate(frozen, repl)
   del params, trainable, model_state, variables
@@ -133,17 +133,21 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
   # ---------------------------------------------------------------------------------------------- step
   # Gradients of the trainable tree only; the frozen tree is an ordinary (non-donated) argument. The state is
   # donated: XLA updates parameters and optimizer moments in place. Compiled ahead of time per batch shapes,
-  # which gives the step's memory analysis.
+  # which gives the step's memory analysis. The learning rate and the other fields a sweep varies enter as
+  # values (train/hparams.py: what a packed run computes, bitwise; one program for a learning-rate grid).
+  values = mesh_lib.replicate(hparams.values_of(config), repl)
+  logging.info("Hyper-parameters passed to the programs as values: %s", list(values))
   step_fn = driver.CompiledStep(jax.jit(
-      train_state.make_train_step(model, method, config, tx, schedule, task),
-      in_shardings=(repl, repl, data_sharding), out_shardings=(repl, repl), donate_argnums=0))
+      hparams.train_step(config, method, task, total_steps, warmup_steps),
+      in_shardings=(repl, repl, data_sharding, repl), out_shardings=(repl, repl), donate_argnums=0))
 
   # ---------------------------------------------------------------------------------------------- eval
-  evaluator = evaluate.Evaluator(model, method, task, mesh)
+  run_eval_step = hparams.eval_step(config, method, task)
+  evaluator = evaluate.Evaluator(model, method, task, mesh, step=lambda inputs, batch: run_eval_step(*inputs, batch))
 
   def run_eval(state, step: int) -> dict:
-    variables = {"params": params_lib.merge_params(state.params, frozen), **state.model_state}
-    result = evaluator(variables, task.eval_batches(config, config.dataset.eval_split))
+    inputs = (state.params, frozen, state.model_state, values)
+    result = evaluator(inputs, task.eval_batches(config, config.dataset.eval_split))
     scalars = {k: v for k, v in result.items() if k not in ("stats", "notes", "num_examples")}
     scalars.update({f"stats/{k}": v for k, v in result["stats"].items()})
     writer.write_scalars(step, {f"eval/{k}": v for k, v in scalars.items()})
@@ -172,7 +176,7 @@ def _train_and_evaluate(config, workdir: str, mesh, task, num_train: int, length
     workdir_lib.write_run_file(workdir, config, clock.total())
 
   def one_step(state):
-    return step_fn(state, frozen, mesh_lib.global_batch(next(train_iter), data_sharding))
+    return step_fn(state, frozen, mesh_lib.global_batch(next(train_iter), data_sharding), values)
 
   state, last_eval = driver.run_steps(
       state, start_step=start_step, total_steps=total_steps, steps_per_epoch=steps_per_epoch,

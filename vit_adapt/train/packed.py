@@ -3,24 +3,26 @@
 `train_pack(configs, workdirs, pack_dir)` is the library entry point (`python -m vit_adapt.pack` and
 `python -m vit_adapt.sweep --pack=K` call it). The runs' trainable trees, optimizer states, RNG keys and
 non-parameter collections are stacked on a leading run axis and the trainer's own step
-(`train.step.make_train_step`: loss, gradients, AdamW, schedule, policies) is `jax.vmap`ped over it; so is the
-trainer's evaluation step. What the runs may differ in (`pack_key` is everything else):
+(`train.hparams.train_step`: loss, gradients, AdamW, schedule, policies) runs over it; so does the trainer's
+evaluation step. On CPU with the run axis on one device the runs go one after another (`lax.map`: each run is
+the program of the run alone, bitwise its results); on accelerators and over several devices they are
+`jax.vmap`ped (batched into each operation: equal up to float rounding). What the runs may differ in (`pack_key`
+is everything else):
 
   * values that enter on the host: `seed` (initial parameters, dropout keys, data order), the label smoothing
     of the training batches, and a method's `init_fields` (initial values of its parameters): each run
     initialises its own state and reads its own batches;
-  * values that enter the program as numbers, traced per run: `optim.lr`, `optim.min_lr`, `optim.wd` (zero or
-    not must agree) and a method's `traced_fields` (the adapter's scale, DyT's rate target and loss weights...).
-    Only those that differ in the pack are traced; the rest stay Python numbers, as in a run of its own.
+  * values that enter the program as numbers, per run: `optim.lr`, `optim.min_lr`, `optim.wd` (zero or not must
+    agree) and a method's `traced_fields` (the adapter's scale, DyT's rate target and loss weights...). A run of
+    its own passes the same fields to its programs the same way (train/hparams.py).
 
 The frozen backbone is shared by every run (one copy, an ordinary argument of the step) when the runs' frozen
 weights are equal (a pre-trained `model.init`); a random backbone drawn from each run's seed (the demo) differs
 per run and is stacked like the trainable trees.
 
 Each run writes the trainer's workdir (`config.json`, `metrics.jsonl`, TensorBoard events, `run.json`, `model/`,
-`results.json` with a `pack` entry) with the numbers it would have had alone up to float rounding (within 1e-5
-over short runs, tests/test_pack.py; long runs drift by rounding, docs/sweeps.md). Faults stay per
-run: a run whose loss (or state) turns non-finite keeps its last finite state, stops, and gets
+`results.json` with a `pack` entry) with the numbers it has alone: bitwise on CPU (tests/test_pack.py; the
+demo's 8-run grid over its full 440 steps, docs/sweeps.md). Faults stay per run: a run whose loss (or state) turns non-finite keeps its last finite state, stops, and gets
 `WORKDIR/error.json` saying why instead of results; the others go on. The pack checkpoints its stacked state and
 every run's data iterator together under `pack_dir/checkpoints`, so a killed pack resumes exactly.
 
@@ -50,7 +52,7 @@ from vit_adapt.efficiency import report as efficiency
 from vit_adapt.errors import UserError
 from vit_adapt.models import params as params_lib
 from vit_adapt.train import checkpoints as train_checkpoints
-from vit_adapt.train import driver, evaluate, loop, optim
+from vit_adapt.train import driver, evaluate, hparams, loop, optim
 from vit_adapt.train import mesh as mesh_lib
 from vit_adapt.train import results as results_lib
 from vit_adapt.train import step as train_state
@@ -60,20 +62,15 @@ from vit_adapt.train import writers as reporting
 ERROR_FILE = "error.json"
 # Config fields every packed run reads on the host (its own initial state and batches).
 HOST_FIELDS = ("seed", "dataset.label_smoothing")
-# Config fields the packed program traces per run, beyond the method's `traced_fields`.
-TRACED_FIELDS = ("optim.lr", "optim.min_lr", "optim.wd")
 
 
 # ------------------------------------------------------------------------------------------------ what packs
-def _flat(config) -> dict:
-  return {".".join(k): v for k, v in flax.traverse_util.flatten_dict(config.to_dict()).items()}
-
-
 def free_fields(config) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """-> (host fields, traced fields): the dotted config fields packed runs may differ in."""
+  """-> (host fields, value fields): the dotted config fields packed runs may differ in (the value fields are
+  arguments of the programs of every run, packed or alone: train/hparams.py)."""
   method = methods.get(config.method.name)
   host = HOST_FIELDS + tuple(f"method.{f}" for f in method.init_fields)
-  return host, TRACED_FIELDS + tuple(f"method.{f}" for f in method.traced_fields)
+  return host, hparams.candidate_fields(config)
 
 
 def ineligible_reason(config) -> str | None:
@@ -88,34 +85,15 @@ def pack_key(config) -> str:
   fields, plus whether the weight decay and the label smoothing are zero (that changes the optimizer's and the
   batches' structure)."""
   host, traced = free_fields(config)
-  key = {k: v for k, v in _flat(config).items() if k not in host + traced}
+  key = {k: v for k, v in hparams.flat(config).items() if k not in host + traced}
   key["optim.wd == 0"] = config.optim.wd == 0
   key["dataset.label_smoothing == 0"] = config.dataset.label_smoothing == 0
   return json.dumps(key, sort_keys=True, default=str)
 
 
 def _varying(configs, fields) -> list[str]:
-  flats = [_flat(c) for c in configs]
+  flats = [hparams.flat(c) for c in configs]
   return [f for f in fields if len({json.dumps(fl.get(f)) for fl in flats}) > 1]
-
-
-def _weak(x):
-  # A traced per-run value must combine with arrays as the Python float of a run of its own does (weakly typed:
-  # `scale * bfloat16 activations` stays bfloat16); JAX has no public spelling of a weak-type cast.
-  from jax._src.lax import lax as lax_internal  # pylint: disable=g-import-not-at-top
-  return lax_internal._convert_element_type(x, weak_type=True)  # noqa: SLF001
-
-
-def with_values(config, values: dict) -> ml_collections.ConfigDict:
-  """`config` with dotted fields replaced by (traced) values: what one run of the pack sees inside the program."""
-  out = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
-  for key, value in values.items():
-    *path, leaf = key.split(".")
-    block = out
-    for p in path:
-      block = block[p]
-    block[leaf] = _weak(value)
-  return out
 
 
 # ------------------------------------------------------------------------------------------------ state
@@ -206,22 +184,21 @@ def _check_batch(batch_size: int, key: str, mesh: Mesh) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ steps
-def make_pack_step(config, method, task, total_steps: int, warmup_steps: int, frozen_axis):
+def make_pack_step(config, method, task, total_steps: int, warmup_steps: int, frozen_axis, *, exact: bool):
   """-> pack_step(pack_state, frozen, batches, values) -> (pack_state, metrics (K,)): every run's step is the
-  trainer's `make_train_step`, built from the run's config (its traced values substituted) and vmapped."""
+  trainer's (`hparams.train_step`), over the run axis (`hparams.over_runs`: one run after another when `exact`,
+  else vmapped)."""
+  step = hparams.train_step(config, method, task, total_steps, warmup_steps)
 
   def run_step(state, frozen, batch, values):
-    c = with_values(config, values)
-    model, _ = methods.build_model(c)
-    tx, schedule = optim.make_optimizer(c.optim, state.params, total_steps, warmup_steps)
-    new, metrics = train_state.make_train_step(model, method, c, tx, schedule, task)(state, frozen, batch)
+    new, metrics = step(state, frozen, batch, values)
     ok = jnp.isfinite(metrics["loss"]) & train_state.all_finite((new.params, new.opt_state, new.model_state))
     return new, metrics, ok
 
-  vstep = jax.vmap(run_step, in_axes=(0, frozen_axis, 0, 0))
+  over_runs = hparams.over_runs(run_step, (0, frozen_axis, 0, 0), exact=exact)
 
   def pack_step(pack: PackState, frozen, batches, values):
-    new, metrics, ok = vstep(pack.runs, frozen, batches, values)
+    new, metrics, ok = over_runs(pack.runs, frozen, batches, values)
     ok = ok & (pack.failed_at == 0)
     # A run that turned non-finite keeps its last finite state (and so does a checkpoint); the others go on.
     runs = jax.tree.map(lambda n, o: jnp.where(ok.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, pack.runs)
@@ -231,21 +208,23 @@ def make_pack_step(config, method, task, total_steps: int, warmup_steps: int, fr
   return pack_step
 
 
-def make_pack_eval_step(config, method, task, frozen_axis):
+def make_pack_eval_step(config, method, task, frozen_axis, *, exact: bool):
   """-> eval_step(trainables, frozen, model_states, values, batch) -> sums (K, ...): the trainer's evaluation
   step per run, on one shared batch."""
+  return hparams.over_runs(hparams.eval_step(config, method, task), (0, frozen_axis, 0, 0, None), exact=exact)
 
-  def run_eval(trainable, frozen, model_state, values, batch):
-    model, _ = methods.build_model(with_values(config, values))
-    variables = {"params": params_lib.merge_params(trainable, frozen), **model_state}
-    return evaluate.make_eval_step(model, method, task)(variables, batch)
 
-  return jax.vmap(run_eval, in_axes=(0, frozen_axis, 0, 0, None))
+def exact_runs(mesh: Mesh) -> bool:
+  """Whether the pack runs its runs one after another (bitwise the runs alone): on CPU with the run axis on one
+  device. Accelerators, and a run axis over several devices, batch the runs (`jax.vmap`): equal up to float
+  rounding (docs/sweeps.md)."""
+  return mesh.shape["runs"] == 1 and mesh.devices.flat[0].platform == "cpu"
 
 
 # ------------------------------------------------------------------------------------------------ training
 def check_pack(configs) -> list[str]:
-  """Validates the configs of one pack; -> the traced fields whose values differ between its runs."""
+  """Validates the configs of one pack; -> the value fields (train/hparams.py) whose values differ between its
+  runs."""
   if len(configs) < 1:
     raise UserError("a pack needs at least one run.")
   for c in configs:
@@ -259,6 +238,10 @@ def check_pack(configs) -> list[str]:
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     raise UserError(f"these runs cannot share one program: their configs differ in {diff[:6]} (packed runs may "
                     f"differ only in {', '.join(sum(free_fields(configs[0]), ()))}). Pack them separately.")
+  if len({hparams.value_fields(c) for c in configs}) != 1:
+    raise UserError("these runs cannot share one program: a field of "
+                    f"{', '.join(hparams.candidate_fields(configs[0]))} is a number in some runs and not in others "
+                    "(or the weight decay is zero in some). Pack them separately.")
   return _varying(configs, free_fields(configs[0])[1])
 
 
@@ -316,7 +299,9 @@ def train_pack(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
 def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, lengths, previous, start):
   c0, k = configs[0], len(configs)
   steps_per_epoch, total_steps, warmup_steps = lengths
-  logging.info("Pack of %d runs on mesh %s; traced per run: %s", k, dict(mesh.shape), traced or "nothing")
+  exact = exact_runs(mesh)
+  logging.info("Pack of %d runs on mesh %s, %s; differing per run: %s", k, dict(mesh.shape),
+               "one after another" if exact else "vmapped", traced or "nothing")
   writers = []
   for c, w in zip(configs, workdirs):
     reporting.write_json(os.path.join(w, "config.json"), c.to_dict())
@@ -355,8 +340,7 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
   pack = PackState(step=jnp.zeros((), jnp.int32), runs=jax.device_get(states), failed_at=np.zeros((k,), np.int32))
   pack_sh = PackState(step=repl, runs=jax.tree.map(lambda _: runs_sh, pack.runs), failed_at=runs_sh)
   pack = jax.device_put(pack, pack_sh)
-  flats = [_flat(c) for c in configs]
-  values = jax.device_put({f: np.asarray([fl[f] for fl in flats], np.float32) for f in traced}, runs_sh)
+  values = jax.device_put(_stack([hparams.values_of(c, hparams.value_fields(c0)) for c in configs]), runs_sh)
   del states, frozens
   data = PackIterator(iterators)
 
@@ -364,10 +348,10 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(pack_dir, "checkpoints"), keep=c0.train.keep_checkpoints)
   pack, start_step = driver.restore(ckpts, pack, data, total_steps, "pack")
 
-  step_fn = driver.CompiledStep(jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis),
+  step_fn = driver.CompiledStep(jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis, exact=exact),
                                        in_shardings=(pack_sh, repl if shared else runs_sh, batch_sh, runs_sh),
                                        out_shardings=(pack_sh, runs_sh), donate_argnums=0))
-  eval_fn = jax.jit(make_pack_eval_step(c0, method, task, frozen_axis),
+  eval_fn = jax.jit(make_pack_eval_step(c0, method, task, frozen_axis, exact=exact),
                     in_shardings=(runs_sh, repl if shared else runs_sh, runs_sh, runs_sh,
                                   NamedSharding(mesh, P("data"))),
                     out_shardings=runs_sh)
@@ -474,7 +458,8 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
                           final_train_loss=final_loss, efficiency=eff, num_devices=mesh.shape["data"],
                           wall_time_s=wall_s, run_fingerprint=workdir_lib.fingerprint(c),
                           pack={"dir": pack_dir, "runs": k, "index": i, "devices": int(mesh.devices.size),
-                                "traced": list(traced), "shared_backbone": shared,
+                                "traced": list(values), "varying": list(traced),
+                                "runs_one_after_another": exact, "shared_backbone": shared,
                                 "wall_time_s": time.time() - start})
     methods.save_model_dir(os.path.join(w, "model"), c, variables, scope="trainable")
     reporting.write_json(results_lib.path(w), r)
