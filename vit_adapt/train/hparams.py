@@ -14,7 +14,9 @@ trainer, `train/loop.py`) and every run of a pack (`train/packed.py`) do this th
     persistent compilation cache serves every value after the first.
 
 A field is not passed when its zero changes the program (`optim.wd == 0` drops the decay term; packs agree on
-it, `train/packed.py: pack_key`) or when its value is not a number.
+it, `train/packed.py: pack_key`) or when its value is not a number. Programs that only read a trained model
+(`predict`, `curve`, the efficiency report) build it with its values as constants: their evaluation equals the
+trainer's up to float rounding (the DyT and MET digits demos: the same top-1 both ways).
 """
 
 from __future__ import annotations
