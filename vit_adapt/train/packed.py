@@ -22,8 +22,9 @@ per run and is stacked like the trainable trees.
 
 Each run writes the trainer's workdir (`config.json`, `metrics.jsonl`, TensorBoard events, `run.json`, `model/`,
 `results.json` with a `pack` entry) with the numbers it has alone: bitwise on CPU (tests/test_pack.py; the
-demo's 8-run grid over its full 440 steps, docs/sweeps.md). Faults stay per run: a run whose loss (or state) turns non-finite keeps its last finite state, stops, and gets
-`WORKDIR/error.json` saying why instead of results; the others go on. The pack checkpoints its stacked state and
+demo's 8-run grid over its full 440 steps, docs/sweeps.md). Faults stay per run: a run whose loss (or state)
+turns non-finite keeps its last finite state, stops, and gets `WORKDIR/error.json` saying why instead of
+results; the others go on. The pack checkpoints its stacked state and
 every run's data iterator together under `pack_dir/checkpoints`, so a killed pack resumes exactly.
 
 Devices: a `('runs', 'data')` mesh over every device; the run axis is sharded over `gcd(K, devices)` devices
@@ -348,12 +349,12 @@ def _train_pack(configs, workdirs, pack_dir, traced, mesh, task, num_train, leng
   ckpts = train_checkpoints.TrainCheckpoints(os.path.join(pack_dir, "checkpoints"), keep=c0.train.keep_checkpoints)
   pack, start_step = driver.restore(ckpts, pack, data, total_steps, "pack")
 
-  step_fn = driver.CompiledStep(jax.jit(make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis, exact=exact),
-                                       in_shardings=(pack_sh, repl if shared else runs_sh, batch_sh, runs_sh),
+  pack_step = make_pack_step(c0, method, task, total_steps, warmup_steps, frozen_axis, exact=exact)
+  frozen_sh = repl if shared else runs_sh
+  step_fn = driver.CompiledStep(jax.jit(pack_step, in_shardings=(pack_sh, frozen_sh, batch_sh, runs_sh),
                                        out_shardings=(pack_sh, runs_sh), donate_argnums=0))
   eval_fn = jax.jit(make_pack_eval_step(c0, method, task, frozen_axis, exact=exact),
-                    in_shardings=(runs_sh, repl if shared else runs_sh, runs_sh, runs_sh,
-                                  NamedSharding(mesh, P("data"))),
+                    in_shardings=(runs_sh, frozen_sh, runs_sh, runs_sh, NamedSharding(mesh, P("data"))),
                     out_shardings=runs_sh)
   reported: set[int] = set()  # runs whose failure is already written
   failed_at = np.asarray(jax.device_get(pack.failed_at))
